@@ -1,0 +1,124 @@
+//! The one error type of `micro-core`, shared by every component and plugin.
+
+use std::time::Duration;
+
+/// A boxed error from a backend client or a user handler.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, and where.
+///
+/// Plugins report backend failures as [`Error::Backend`], naming themselves, so a log line says
+/// which plugin spoke (`etcd registry: connect 127.0.0.1:2379: connection refused`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A backend (etcd, RabbitMQ, ...) failed or could not be reached.
+    #[error("{plugin} {component}: {message}")]
+    Backend {
+        /// Which component: "registry", "broker", "store", "config" or "auth".
+        component: &'static str,
+        /// The plugin's name.
+        plugin: String,
+        /// What failed, including the address where one is involved.
+        message: String,
+        /// The backend client's own error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A record, key or service does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The registry knows no live node of the service.
+    #[error("no live node of service `{service}` in the `{registry}` registry")]
+    NoNode {
+        /// The service asked for.
+        service: String,
+        /// The registry plugin that was asked.
+        registry: String,
+    },
+    /// A plugin name that is not installed in the catalog.
+    #[error("unknown {component} plugin `{name}`; installed: {installed}")]
+    UnknownPlugin {
+        /// Which component.
+        component: &'static str,
+        /// The name asked for.
+        name: String,
+        /// The installed names, comma-separated.
+        installed: String,
+    },
+    /// An option (flag, environment variable or config file key) with a bad value.
+    #[error("{0}")]
+    Option(String),
+    /// A caller passed an argument that cannot be used (empty name, bad path, ...).
+    #[error("invalid {what}: {message}")]
+    Invalid {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A value could not be encoded or decoded.
+    #[error("cannot decode {what}: {message}")]
+    Decode {
+        /// What was being decoded (a key, a message, a topic).
+        what: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// An operation did not finish in time.
+    #[error("{what} timed out after {}", humantime::format_duration(*.after))]
+    Timeout {
+        /// What timed out.
+        what: String,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The gRPC server could not bind or serve.
+    #[error("server: {0}")]
+    Server(String),
+    /// An I/O error (binding a port, reading a file).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A backend failure with the client's error as source.
+    pub fn backend(
+        component: &'static str,
+        plugin: impl Into<String>,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            component,
+            plugin: plugin.into(),
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A backend failure described by a message alone.
+    pub fn backend_msg(
+        component: &'static str,
+        plugin: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Backend {
+            component,
+            plugin: plugin.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An invalid argument.
+    pub fn invalid(what: &'static str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            what,
+            message: message.into(),
+        }
+    }
+}
