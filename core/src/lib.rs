@@ -26,10 +26,13 @@
 pub mod auth;
 pub mod broker;
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub mod options;
 pub mod registry;
+pub mod server;
 pub mod store;
+pub mod wrapper;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -38,8 +41,10 @@ mod error;
 pub use auth::Auth;
 pub use broker::Broker;
 pub use catalog::Catalog;
+pub use client::Client;
 pub use config::Config;
 pub use error::{BoxError, Error, Result};
 pub use options::Options;
 pub use registry::Registry;
+pub use server::Server;
 pub use store::Store;

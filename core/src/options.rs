@@ -229,6 +229,16 @@ impl OptionsBuilder {
         self.resolve::<Options>(&ServiceCli::command(), &matches)?.validate()
     }
 
+    /// Resolves every layer for a binary whose flags are `C` (a clap `Parser` that embeds
+    /// [`ServiceFlags`] with `#[command(flatten)]`), returning the options and `C` itself.
+    pub fn load_with<C: CommandFactory + clap::FromArgMatches>(self) -> Result<(Options, C)> {
+        let command = C::command();
+        let matches = command.clone().try_get_matches_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+        let cli = C::from_arg_matches(&matches).map_err(|e| Error::Option(e.to_string()))?;
+        let options = self.resolve::<Options>(&command, &matches)?.validate()?;
+        Ok((options, cli))
+    }
+
     /// Resolves every layer into `T`, given the command the flags were parsed with: for binaries
     /// with flags of their own (the gateway) that embed [`ServiceFlags`].
     pub fn resolve<T: DeserializeOwned + Serialize + Default>(&self, command: &clap::Command, matches: &ArgMatches) -> Result<T> {

@@ -1,0 +1,97 @@
+//! The client: resolves a service through the [`Registry`], picks a node, and is a
+//! `tower::Service` that tonic-generated clients take:
+//!
+//! ```ignore
+//! let mut greeter = GreeterClient::new(client.channel("greeter"));
+//! ```
+//!
+//! Nodes are cached per service and kept fresh by a registry watch (the task ends when the
+//! client is dropped or the watch ends). Each call has a timeout (the client's, or the caller's
+//! `grpc-timeout` when shorter). A call is retried on another node only when it never reached a
+//! handler: the connection failed before any of the request was taken (go-micro retried calls
+//! that had already run, #2133).
+
+mod body;
+mod cache;
+mod call;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::body::Body;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+use crate::options::Options;
+use crate::registry::Registry;
+use crate::wrapper::{apply, CallService, Wrapper};
+use crate::BoxError;
+
+/// How the client picks a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Selector {
+    /// In turn (the default).
+    #[default]
+    RoundRobin,
+    /// At random.
+    Random,
+}
+
+/// A client of services in a registry. Cheap to clone; clones share the cache and connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<call::Inner>,
+    wrappers: Vec<Wrapper<CallService>>,
+}
+
+/// A channel to one service, to hand to a tonic-generated client.
+pub type ServiceChannel = CallService;
+
+impl Client {
+    /// A client resolving through `registry`, with the timeout and retries of `options`.
+    pub fn new(options: &Options, registry: Arc<dyn Registry>) -> Self {
+        Client {
+            inner: Arc::new(call::Inner::new(registry, options.client_timeout, options.client_retries, Selector::RoundRobin)),
+            wrappers: Vec::new(),
+        }
+    }
+
+    /// Picks nodes with `selector`.
+    pub fn selector(self, selector: Selector) -> Self {
+        self.rebuild(|inner| inner.selector = selector)
+    }
+
+    /// Sets the per-call timeout.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.rebuild(|inner| inner.timeout = timeout)
+    }
+
+    /// Wraps every call with `layer` (first added runs first).
+    pub fn wrap<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<CallService> + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        self.wrappers.push(Wrapper::call(layer));
+        self
+    }
+
+    /// A channel to the service named `service`.
+    pub fn channel(&self, service: &str) -> ServiceChannel {
+        let base = BoxCloneSyncService::new(call::Balancer::new(self.inner.clone(), service));
+        apply(&self.wrappers, base)
+    }
+
+    /// The registry this client resolves through.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.inner.registry
+    }
+
+    fn rebuild(self, change: impl FnOnce(&mut call::Inner)) -> Self {
+        let mut inner = call::Inner::new(self.inner.registry.clone(), self.inner.timeout, self.inner.retries, self.inner.selector);
+        change(&mut inner);
+        Client { inner: Arc::new(inner), wrappers: self.wrappers }
+    }
+}

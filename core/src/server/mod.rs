@@ -1,0 +1,336 @@
+//! The gRPC server: serves the user's tonic services plus reflection (v1 and v1alpha) and
+//! health, registers itself with its endpoints, keeps the registration fresh, and on shutdown
+//! deregisters first, then drains in-flight calls.
+
+mod endpoints;
+mod registration;
+
+pub use endpoints::endpoints_of;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use prost_reflect::DescriptorPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+use crate::options::Options;
+use crate::registry::{Node, Registry};
+use crate::wrapper::{apply, HandlerService, OnPath, Wrapper};
+use crate::{Error, Result};
+
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A gRPC server that registers itself. Build it, add services, then [`serve`](Server::serve)
+/// (until SIGINT/SIGTERM or [`with_shutdown`](Server::with_shutdown)) or
+/// [`start`](Server::start) to get a handle.
+pub struct Server {
+    options: Options,
+    registry: Arc<dyn Registry>,
+    routes: Routes,
+    names: Vec<&'static str>,
+    pool: DescriptorPool,
+    encoded: Vec<Vec<u8>>,
+    wrappers: Vec<Wrapper<HandlerService>>,
+    endpoint_wrappers: Vec<(String, Wrapper<HandlerService>)>,
+    metadata: BTreeMap<String, String>,
+    shutdown: Option<ShutdownSignal>,
+}
+
+impl Server {
+    /// A server with `options` (name, address, TTL, ...) registering with `registry`.
+    pub fn new(options: Options, registry: Arc<dyn Registry>) -> Self {
+        Server {
+            options,
+            registry,
+            routes: Routes::default(),
+            names: Vec::new(),
+            pool: DescriptorPool::new(),
+            encoded: Vec::new(),
+            wrappers: Vec::new(),
+            endpoint_wrappers: Vec::new(),
+            metadata: BTreeMap::new(),
+            shutdown: None,
+        }
+    }
+
+    /// Adds an encoded `FileDescriptorSet` describing the services: served by reflection and
+    /// read for the registered endpoints. Call once per set.
+    pub fn descriptors(mut self, encoded: &[u8]) -> Result<Self> {
+        self.pool.decode_file_descriptor_set(encoded).map_err(|e| Error::Decode { what: "file descriptor set".into(), message: e.to_string() })?;
+        self.encoded.push(encoded.to_vec());
+        Ok(self)
+    }
+
+    /// Adds a tonic service (`GreeterServer::new(handler)`).
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Wraps every handler with `layer`.
+    pub fn wrap<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<HandlerService> + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        self.wrappers.push(Wrapper::handler(layer));
+        self
+    }
+
+    /// Wraps one endpoint with `layer`: `"Greeter.SayHello"` or `"/greeter.v1.Greeter/SayHello"`.
+    /// An endpoint the server does not have is an error at start.
+    pub fn wrap_endpoint<L>(mut self, endpoint: &str, layer: L) -> Self
+    where
+        L: Layer<HandlerService> + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        self.endpoint_wrappers.push((endpoint.to_string(), Wrapper::handler(layer)));
+        self
+    }
+
+    /// Adds service metadata to the registration.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Stops the server when `signal` completes, as SIGINT/SIGTERM do.
+    pub fn with_shutdown(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// Serves until SIGINT, SIGTERM or the shutdown future; then deregisters, drains and returns.
+    pub async fn serve(mut self) -> Result<()> {
+        let signal = self.shutdown.take().unwrap_or_else(|| Box::pin(terminate_signal()));
+        let running = self.start().await?;
+        let mut done = running.done.clone();
+        tokio::select! {
+            () = signal => {}
+            _ = done.changed() => {}
+        }
+        running.stop().await
+    }
+
+    /// Binds, starts serving and registering, and returns a handle.
+    pub async fn start(mut self) -> Result<RunningServer> {
+        let listener = TcpListener::bind(&self.options.server_address).await.map_err(|e| Error::Server(format!("cannot listen on {}: {e}", self.options.server_address)))?;
+        let local = listener.local_addr()?;
+        let advertised = advertised_address(local);
+        let endpoints = endpoints_of(&self.pool, &self.names);
+        let service = crate::registry::Service {
+            name: self.options.server_name.clone(),
+            version: self.options.server_version.clone(),
+            metadata: self.metadata.clone(),
+            endpoints,
+            nodes: vec![Node {
+                id: format!("{}-{:016x}", self.options.server_name, fastrand::u64(..)),
+                address: advertised.to_string(),
+                metadata: [("protocol", "grpc"), ("transport", "grpc"), ("server", "micro-rust")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            }],
+        };
+        let handlers = self.handlers(&service)?;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            health_reporter.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+        }
+        let routes = self.reflection()?.add_service(health_service);
+        let all = BoxCloneSyncService::new(RouteFirst { handlers, extra: routes.prepare() });
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        let graceful = {
+            let mut stop = stop_rx.clone();
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }
+        };
+        let serving = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder().serve_with_incoming_shutdown(all, TcpListenerStream::new(listener), graceful).await;
+            let _ = done_tx.send(true);
+            result.map_err(|e| Error::Server(e.to_string()))
+        });
+        let registration = registration::spawn(self.registry.clone(), service.clone(), &self.options, stop_rx).await;
+        tracing::info!(service = %service.name, node = %service.nodes[0].id, address = %advertised, registry = self.registry.name(), "server started");
+        Ok(RunningServer { service, address: advertised, options: self.options, registry: self.registry, health: health_reporter, names: self.names, stop: stop_tx, done, serving, registration })
+    }
+
+    /// The user's handlers with every wrapper applied: endpoint wrappers innermost.
+    fn handlers(&mut self, service: &crate::registry::Service) -> Result<HandlerService> {
+        let mut handlers: HandlerService = BoxCloneSyncService::new(std::mem::take(&mut self.routes).prepare());
+        for (endpoint, wrapper) in &self.endpoint_wrappers {
+            let path = grpc_path(service, endpoint)?;
+            handlers = BoxCloneSyncService::new(OnPath::new(path, wrapper.wrap(handlers.clone()), handlers));
+        }
+        Ok(apply(&self.wrappers, handlers))
+    }
+
+    fn reflection(&self) -> Result<Routes> {
+        let mut v1 = tonic_reflection::server::Builder::configure();
+        let mut v1alpha = tonic_reflection::server::Builder::configure();
+        for set in &self.encoded {
+            v1 = v1.register_encoded_file_descriptor_set(set);
+            v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
+        }
+        let v1 = v1.build_v1().map_err(|e| Error::Server(format!("reflection: {e}")))?;
+        let v1alpha = v1alpha.build_v1alpha().map_err(|e| Error::Server(format!("reflection: {e}")))?;
+        Ok(Routes::new(v1).add_service(v1alpha))
+    }
+}
+
+use tonic::codegen::http;
+
+
+/// The gRPC path of `endpoint` ("Greeter.SayHello" or a path already).
+fn grpc_path(service: &crate::registry::Service, endpoint: &str) -> Result<String> {
+    let found = service.endpoints.iter().find(|e| e.name == endpoint || e.metadata.get("grpc_method").is_some_and(|p| p == endpoint || p.trim_start_matches('/') == endpoint));
+    match found.and_then(|e| e.metadata.get("grpc_method")) {
+        Some(path) => Ok(path.clone()),
+        None => {
+            let known: Vec<&str> = service.endpoints.iter().map(|e| e.name.as_str()).collect();
+            Err(Error::invalid("endpoint", format!("the server has no endpoint `{endpoint}` (known: {}); did you add its descriptors?", known.join(", "))))
+        }
+    }
+}
+
+/// Wildcard binds are advertised on loopback; anything else as bound.
+fn advertised_address(local: SocketAddr) -> SocketAddr {
+    if local.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+    } else {
+        local
+    }
+}
+
+async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Sends the user's paths to the wrapped handlers and everything else (reflection, health) to
+/// the unwrapped built-in routes.
+#[derive(Clone)]
+struct RouteFirst {
+    handlers: HandlerService,
+    extra: Routes,
+}
+
+impl Service<http::Request<Body>> for RouteFirst {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let builtin = request.uri().path().starts_with("/grpc.reflection.") || request.uri().path().starts_with("/grpc.health.");
+        if builtin {
+            let mut extra = self.extra.clone();
+            Box::pin(async move { extra.call(request).await })
+        } else {
+            let mut handlers = self.handlers.clone();
+            Box::pin(async move { tower::ServiceExt::oneshot(&mut handlers, request).await })
+        }
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    service: crate::registry::Service,
+    address: SocketAddr,
+    options: Options,
+    registry: Arc<dyn Registry>,
+    health: tonic_health::server::HealthReporter,
+    names: Vec<&'static str>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+    serving: JoinHandle<Result<()>>,
+    registration: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The address clients reach it on (the real port when bound to port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// What it registered: its name, version, endpoints and its one node.
+    pub fn registration(&self) -> &crate::registry::Service {
+        &self.service
+    }
+
+    /// Runs until SIGINT or SIGTERM (or until the server fails), then [`stop`](Self::stop)s.
+    pub async fn stop_on_signal(self) -> Result<()> {
+        let mut done = self.done.clone();
+        tokio::select! {
+            () = terminate_signal() => {}
+            _ = done.changed() => {}
+        }
+        self.stop().await
+    }
+
+    /// Deregisters, stops accepting, waits for in-flight calls (at most the shutdown timeout),
+    /// and returns.
+    pub async fn stop(self) -> Result<()> {
+        let node = &self.service.nodes[0].id;
+        self.registration.abort();
+        if let Err(e) = self.registry.deregister(&self.service).await {
+            tracing::warn!(node = %node, error = %e, "deregistration failed; the registry drops the node when its TTL lapses");
+        }
+        for name in &self.names {
+            self.health.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
+        }
+        tracing::info!(node = %node, "deregistered; draining in-flight calls");
+        let _ = self.stop.send(true);
+        let timeout = self.options.shutdown_timeout;
+        let mut serving = self.serving;
+        match tokio::time::timeout(timeout, &mut serving).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => return Err(Error::Server(format!("server task failed: {join}"))),
+            Err(_) => {
+                serving.abort();
+                tracing::warn!(node = %node, "in-flight calls still running after {}; stopped anyway", humantime::format_duration(timeout));
+            }
+        }
+        tracing::info!(node = %node, "server stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! Wrappers: tower layers around every handler of a [`Server`](crate::server::Server) or every
+//! call of a [`Client`](crate::client::Client).
+//!
+//! Any `tower::Layer` over [`HandlerService`] (server) or [`CallService`] (client) can wrap; a
+//! layer written generically over `http::Request`/`http::Response`, like [`RateLimitLayer`],
+//! works on both sides. Wrappers added first run first (outermost).
+
+mod endpoint;
+pub mod rate_limit;
+
+pub use endpoint::OnPath;
+pub use rate_limit::{RateLimit, RateLimitLayer};
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use tonic::body::Body;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+use crate::BoxError;
+
+/// What a server wrapper wraps: the gRPC handlers, as one HTTP service.
+pub type HandlerService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// What a client wrapper wraps: a call to a resolved service.
+pub type CallService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+
+/// A type-erased layer over `S`, so wrappers of different types can be kept in one list.
+pub struct Wrapper<S>(Arc<dyn Fn(S) -> S + Send + Sync>);
+
+impl<S> Clone for Wrapper<S> {
+    fn clone(&self) -> Self {
+        Wrapper(self.0.clone())
+    }
+}
+
+impl<S> Wrapper<S> {
+    /// Applies the wrapper.
+    pub fn wrap(&self, service: S) -> S {
+        (self.0)(service)
+    }
+}
+
+impl Wrapper<HandlerService> {
+    /// Erases a handler layer.
+    pub fn handler<L>(layer: L) -> Self
+    where
+        L: Layer<HandlerService> + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        Wrapper(Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))))
+    }
+}
+
+impl Wrapper<CallService> {
+    /// Erases a call layer.
+    pub fn call<L>(layer: L) -> Self
+    where
+        L: Layer<CallService> + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+    {
+        Wrapper(Arc::new(move |inner| BoxCloneSyncService::new(tower::ServiceExt::map_err(layer.layer(inner), Into::into))))
+    }
+}
+
+/// Applies `wrappers` so the first one is outermost.
+pub(crate) fn apply<S>(wrappers: &[Wrapper<S>], service: S) -> S {
+    wrappers.iter().rev().fold(service, |inner, wrapper| wrapper.wrap(inner))
+}
