@@ -135,7 +135,12 @@ async fn attempts(inner: &Inner, service: &str, request: http::Request<Body>) ->
                 tried.insert(node.address);
                 last_error = Some(error.into());
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                // Part of the request was sent: it may have reached the handler, so it is not
+                // retried; the node is still passed over by the next calls.
+                inner.cool(&node.address);
+                return Err(tonic::Status::unavailable(format!("node {} of `{service}` failed during the call (not retried: the request may have reached its handler): {error}", node.address)).into());
+            }
         }
     }
     Err(match last_error {

@@ -44,8 +44,26 @@ pub struct Client {
     wrappers: Vec<Wrapper<CallService>>,
 }
 
-/// A channel to one service, to hand to a tonic-generated client.
-pub type ServiceChannel = CallService;
+/// A channel to one service, to hand to a tonic-generated client. Its errors are gRPC
+/// statuses: `UNAVAILABLE` naming the service and registry when no node answers,
+/// `DEADLINE_EXCEEDED` when the call times out.
+#[derive(Clone)]
+pub struct ServiceChannel(CallService);
+
+impl Service<http::Request<Body>> for ServiceChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::Status;
+    type Future = futures::future::BoxFuture<'static, Result<http::Response<Body>, tonic::Status>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(tonic::Status::from_error)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let call = self.0.call(request);
+        Box::pin(async move { call.await.map_err(tonic::Status::from_error) })
+    }
+}
 
 impl Client {
     /// A client resolving through `registry`, with the timeout and retries of `options`.
@@ -81,7 +99,7 @@ impl Client {
     /// A channel to the service named `service`.
     pub fn channel(&self, service: &str) -> ServiceChannel {
         let base = BoxCloneSyncService::new(call::Balancer::new(self.inner.clone(), service));
-        apply(&self.wrappers, base)
+        ServiceChannel(apply(&self.wrappers, base))
     }
 
     /// The registry this client resolves through.
