@@ -69,8 +69,48 @@ impl Catalog {
         Self::default()
     }
 
-    component!(add_registry, registry, registry_named, registry_names, registries, Registry, "registry", registry, registry_address);
-    component!(add_broker, broker, broker_named, broker_names, brokers, Broker, "broker", broker, broker_address);
-    component!(add_store, store, store_named, store_names, stores, Store, "store", store, store_address);
-    component!(add_config, config, config_named, config_names, configs, Config, "config", config, config_address);
+    component!(
+        add_registry,
+        registry,
+        registry_named,
+        registry_names,
+        registries,
+        Registry,
+        "registry",
+        registry,
+        registry_address
+    );
+    component!(
+        add_broker,
+        broker,
+        broker_named,
+        broker_names,
+        brokers,
+        Broker,
+        "broker",
+        broker,
+        broker_address
+    );
+    component!(
+        add_store,
+        store,
+        store_named,
+        store_names,
+        stores,
+        Store,
+        "store",
+        store,
+        store_address
+    );
+    component!(
+        add_config,
+        config,
+        config_named,
+        config_names,
+        configs,
+        Config,
+        "config",
+        config,
+        config_address
+    );
 }

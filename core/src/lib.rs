@@ -29,6 +29,7 @@ pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod options;
+pub mod proto;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -26,7 +26,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "micro.toml";
 
 /// Resolved options of a service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case")]
 pub struct Options {
     /// Service name registered and resolved by clients.
     pub server_name: String,
@@ -168,6 +168,7 @@ pub struct OptionsBuilder {
 
 impl Options {
     /// Options of the service `name` (set in code, so every other layer can override it).
+    #[allow(clippy::new_ret_no_self)] // the code layer is a builder; `load` gives the Options
     pub fn new(name: impl Into<String>) -> OptionsBuilder {
         OptionsBuilder::default().set("server-name", name.into())
     }
@@ -177,12 +178,18 @@ impl Options {
         OptionsBuilder::default()
     }
 
-    fn validate(self) -> Result<Self> {
+    /// Checks values that parse but cannot work together (interval ≥ TTL, bad address).
+    pub fn validate(self) -> Result<Self> {
         if self.server_name.trim().is_empty() {
-            return Err(Error::Option("option `server-name`: the service name is empty".into()));
+            return Err(Error::Option(
+                "option `server-name`: the service name is empty".into(),
+            ));
         }
         self.server_address.parse::<SocketAddr>().map_err(|e| {
-            Error::Option(format!("option `server-address`: `{}` is not a host:port address: {e}", self.server_address))
+            Error::Option(format!(
+                "option `server-address`: `{}` is not a host:port address: {e}",
+                self.server_address
+            ))
         })?;
         if self.register_interval >= self.register_ttl {
             return Err(Error::Option(format!(
@@ -225,15 +232,21 @@ impl OptionsBuilder {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = ServiceCli::command().try_get_matches_from(args).unwrap_or_else(|e| e.exit());
-        self.resolve::<Options>(&ServiceCli::command(), &matches)?.validate()
+        let matches = ServiceCli::command()
+            .try_get_matches_from(args)
+            .unwrap_or_else(|e| e.exit());
+        self.resolve::<Options>(&ServiceCli::command(), &matches)?
+            .validate()
     }
 
     /// Resolves every layer for a binary whose flags are `C` (a clap `Parser` that embeds
     /// [`ServiceFlags`] with `#[command(flatten)]`), returning the options and `C` itself.
     pub fn load_with<C: CommandFactory + clap::FromArgMatches>(self) -> Result<(Options, C)> {
         let command = C::command();
-        let matches = command.clone().try_get_matches_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+        let matches = command
+            .clone()
+            .try_get_matches_from(std::env::args_os())
+            .unwrap_or_else(|e| e.exit());
         let cli = C::from_arg_matches(&matches).map_err(|e| Error::Option(e.to_string()))?;
         let options = self.resolve::<Options>(&command, &matches)?.validate()?;
         Ok((options, cli))
@@ -241,9 +254,16 @@ impl OptionsBuilder {
 
     /// Resolves every layer into `T`, given the command the flags were parsed with: for binaries
     /// with flags of their own (the gateway) that embed [`ServiceFlags`].
-    pub fn resolve<T: DeserializeOwned + Serialize + Default>(&self, command: &clap::Command, matches: &ArgMatches) -> Result<T> {
+    pub fn resolve<T: DeserializeOwned + Serialize + Default>(
+        &self,
+        command: &clap::Command,
+        matches: &ArgMatches,
+    ) -> Result<T> {
         let (env, cli) = split_by_source(command, matches);
-        let known: BTreeSet<String> = command.get_arguments().map(|a| kebab(a.get_id().as_str())).collect();
+        let known: BTreeSet<String> = command
+            .get_arguments()
+            .map(|a| kebab(a.get_id().as_str()))
+            .collect();
         let config_file = config_file_path(&cli, &env, &self.code)?;
         let mut figment = Figment::from(Serialized::defaults(T::default()))
             .merge(Layer::new("set in code", self.code.clone()));
@@ -252,19 +272,30 @@ impl OptionsBuilder {
             figment = figment.merge(Toml::file_exact(path));
         }
         let figment = figment
-            .merge(Layer::new("environment", env.into_iter().map(|(k, v)| (k, v.into())).collect()))
-            .merge(Layer::new("flag", cli.into_iter().map(|(k, v)| (k, v.into())).collect()));
+            .merge(Layer::new(
+                "environment",
+                env.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            ))
+            .merge(Layer::new(
+                "flag",
+                cli.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            ));
         figment.extract().map_err(|e| describe(e, command))
     }
 }
 
 /// Splits parsed flags into the environment layer and the command-line layer, by where clap
 /// found each value; keys are kebab-case option names.
-fn split_by_source(command: &clap::Command, matches: &ArgMatches) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+fn split_by_source(
+    command: &clap::Command,
+    matches: &ArgMatches,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let (mut env, mut cli) = (BTreeMap::new(), BTreeMap::new());
     for arg in command.get_arguments() {
         let id = arg.get_id().as_str();
-        let Ok(Some(value)) = matches.try_get_one::<String>(id) else { continue };
+        let Ok(Some(value)) = matches.try_get_one::<String>(id) else {
+            continue;
+        };
         match matches.value_source(id) {
             Some(ValueSource::EnvVariable) => env.insert(kebab(id), value.clone()),
             Some(ValueSource::CommandLine) => cli.insert(kebab(id), value.clone()),
@@ -279,22 +310,41 @@ fn config_file_path(
     env: &BTreeMap<String, String>,
     code: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<PathBuf>> {
-    let named = cli.get("config-file").or_else(|| env.get("config-file")).cloned().or_else(|| code.get("config-file").and_then(|v| v.as_str()).map(String::from));
+    let named = cli
+        .get("config-file")
+        .or_else(|| env.get("config-file"))
+        .cloned()
+        .or_else(|| {
+            code.get("config-file")
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        });
     match named {
-        Some(path) if !Path::new(&path).is_file() => Err(Error::Option(format!("option `config-file`: `{path}` does not exist or is not a file"))),
+        Some(path) if !Path::new(&path).is_file() => Err(Error::Option(format!(
+            "option `config-file`: `{path}` does not exist or is not a file"
+        ))),
         Some(path) => Ok(Some(path.into())),
-        None => Ok(Path::new(DEFAULT_CONFIG_FILE).is_file().then(|| DEFAULT_CONFIG_FILE.into())),
+        None => Ok(Path::new(DEFAULT_CONFIG_FILE)
+            .is_file()
+            .then(|| DEFAULT_CONFIG_FILE.into())),
     }
 }
 
 /// A config file key that no option has is an error (a typo would otherwise be ignored).
 fn check_file_keys(path: &Path, known: &BTreeSet<String>) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Option(format!("config file `{}`: {e}", path.display())))?;
-    let table: toml::Table = text.parse().map_err(|e| Error::Option(format!("config file `{}`: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Option(format!("config file `{}`: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| Error::Option(format!("config file `{}`: {e}", path.display())))?;
     let unknown: Vec<&String> = table.keys().filter(|k| !known.contains(*k)).collect();
     if let Some(first) = unknown.first() {
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
-        return Err(Error::Option(format!("config file `{}`: unknown option `{first}`; known options: {}", path.display(), known.join(", "))));
+        return Err(Error::Option(format!(
+            "config file `{}`: unknown option `{first}`; known options: {}",
+            path.display(),
+            known.join(", ")
+        )));
     }
     Ok(())
 }
@@ -308,11 +358,23 @@ fn describe(error: figment::Error, command: &clap::Command) -> Error {
             let source = match e.metadata.as_ref().map(|m| m.name.as_ref()) {
                 Some("flag") => format!("from flag --{key}"),
                 Some("environment") => {
-                    let var = command.get_arguments().find(|a| kebab(a.get_id().as_str()) == key).and_then(|a| a.get_env()).map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+                    let var = command
+                        .get_arguments()
+                        .find(|a| kebab(a.get_id().as_str()) == key)
+                        .and_then(|a| a.get_env())
+                        .map(|v| v.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     format!("from environment variable {var}")
                 }
                 Some("set in code") => "set in code".to_string(),
-                Some(other) => format!("from {}", e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| s.to_string()).unwrap_or_else(|| other.to_string())),
+                Some(other) => format!(
+                    "from {}",
+                    e.metadata
+                        .as_ref()
+                        .and_then(|m| m.source.as_ref())
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| other.to_string())
+                ),
                 None => "from defaults".to_string(),
             };
             format!("option `{key}` {source}: {}", e.kind)
@@ -361,8 +423,36 @@ where
         Text(String),
     }
     match Raw::deserialize(deserializer)? {
-        Raw::Number(n) => T::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is out of range"))),
-        Raw::Text(s) => s.trim().parse().map_err(|e| serde::de::Error::custom(format!("`{s}` is not a number: {e}"))),
+        Raw::Number(n) => {
+            T::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is out of range")))
+        }
+        Raw::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a number: {e}"))),
+    }
+}
+
+/// Deserializes a boolean given natively or as text (`true`/`false`/`1`/`0`/`yes`/`no`).
+pub fn boolean<'de, D>(deserializer: D) -> std::result::Result<bool, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Bool(b) => Ok(b),
+        Raw::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{s}` is not true or false"
+            ))),
+        },
     }
 }
 
@@ -379,9 +469,29 @@ mod tests {
         let opts = load(Options::builder(), &[]).unwrap();
         assert_eq!(opts.registry, "remote");
         assert_eq!(opts.register_ttl, Duration::from_secs(30));
-        let opts = load(Options::new("greeter").register_ttl(Duration::from_secs(15)), &[]).unwrap();
-        assert_eq!((opts.server_name.as_str(), opts.register_ttl), ("greeter", Duration::from_secs(15)));
-        let opts = load(Options::new("greeter"), &["--server-name", "cli", "--register-ttl", "1m", "--register-interval", "5s", "--client-retries", "4"]).unwrap();
+        let opts = load(
+            Options::new("greeter").register_ttl(Duration::from_secs(15)),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (opts.server_name.as_str(), opts.register_ttl),
+            ("greeter", Duration::from_secs(15))
+        );
+        let opts = load(
+            Options::new("greeter"),
+            &[
+                "--server-name",
+                "cli",
+                "--register-ttl",
+                "1m",
+                "--register-interval",
+                "5s",
+                "--client-retries",
+                "4",
+            ],
+        )
+        .unwrap();
         assert_eq!(opts.server_name, "cli");
         assert_eq!(opts.register_ttl, Duration::from_secs(60));
         assert_eq!(opts.client_retries, 4);
@@ -389,15 +499,34 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag_and_value() {
-        let err = load(Options::new("g"), &["--register-ttl", "abc"]).unwrap_err().to_string();
-        assert!(err.contains("--register-ttl") && err.contains("abc"), "{err}");
-        let err = load(Options::new("g"), &["--client-retries", "many"]).unwrap_err().to_string();
-        assert!(err.contains("--client-retries") && err.contains("many"), "{err}");
-        let err = load(Options::new("g"), &["--server-address", "nowhere"]).unwrap_err().to_string();
-        assert!(err.contains("server-address") && err.contains("nowhere"), "{err}");
-        let err = load(Options::new("g"), &["--register-interval", "40s"]).unwrap_err().to_string();
+        let err = load(Options::new("g"), &["--register-ttl", "abc"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--register-ttl") && err.contains("abc"),
+            "{err}"
+        );
+        let err = load(Options::new("g"), &["--client-retries", "many"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--client-retries") && err.contains("many"),
+            "{err}"
+        );
+        let err = load(Options::new("g"), &["--server-address", "nowhere"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server-address") && err.contains("nowhere"),
+            "{err}"
+        );
+        let err = load(Options::new("g"), &["--register-interval", "40s"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("register-interval"), "{err}");
-        let err = load(Options::new("g").set("register-ttl", "soon"), &[]).unwrap_err().to_string();
+        let err = load(Options::new("g").set("register-ttl", "soon"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("set in code") && err.contains("soon"), "{err}");
     }
 
@@ -406,20 +535,43 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("micro-opts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("micro.toml");
-        std::fs::write(&file, "server-name = \"from-file\"\nregister-ttl = \"15s\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "server-name = \"from-file\"\nregister-ttl = \"15s\"\n",
+        )
+        .unwrap();
         let path = file.to_str().unwrap();
         let opts = load(Options::new("code"), &["--config-file", path]).unwrap();
-        assert_eq!((opts.server_name.as_str(), opts.register_ttl), ("from-file", Duration::from_secs(15)));
-        let opts = load(Options::new("code"), &["--config-file", path, "--server-name", "cli"]).unwrap();
+        assert_eq!(
+            (opts.server_name.as_str(), opts.register_ttl),
+            ("from-file", Duration::from_secs(15))
+        );
+        let opts = load(
+            Options::new("code"),
+            &["--config-file", path, "--server-name", "cli"],
+        )
+        .unwrap();
         assert_eq!(opts.server_name, "cli");
 
         std::fs::write(&file, "regsitry = \"etcd\"\n").unwrap();
-        let err = load(Options::new("code"), &["--config-file", path]).unwrap_err().to_string();
+        let err = load(Options::new("code"), &["--config-file", path])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown option `regsitry`"), "{err}");
         std::fs::write(&file, "register-ttl = \"later\"\n").unwrap();
-        let err = load(Options::new("code"), &["--config-file", path]).unwrap_err().to_string();
-        assert!(err.contains("register-ttl") && err.contains("later") && err.contains("micro.toml"), "{err}");
-        let err = load(Options::new("code"), &["--config-file", "/nonexistent/x.toml"]).unwrap_err().to_string();
+        let err = load(Options::new("code"), &["--config-file", path])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("register-ttl") && err.contains("later") && err.contains("micro.toml"),
+            "{err}"
+        );
+        let err = load(
+            Options::new("code"),
+            &["--config-file", "/nonexistent/x.toml"],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/nonexistent/x.toml"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -22,7 +22,8 @@ pub mod greeter {
     }
 
     /// The encoded `FileDescriptorSet` of the greeter protos, for reflection and endpoints.
-    pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/greeter_descriptor.bin"));
+    pub const DESCRIPTORS: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/greeter_descriptor.bin"));
 }
 
 use greeter::v1::{HelloReply, HelloRequest};
@@ -38,18 +39,26 @@ pub struct Greeter {
 
 impl Default for Greeter {
     fn default() -> Self {
-        Greeter { greeting: "Hello".into(), delay: Duration::ZERO }
+        Greeter {
+            greeting: "Hello".into(),
+            delay: Duration::ZERO,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl greeter::v1::greeter_server::Greeter for Greeter {
-    async fn say_hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
         let name = request.into_inner().name;
-        Ok(Response::new(HelloReply { message: format!("{} {name}", self.greeting) }))
+        Ok(Response::new(HelloReply {
+            message: format!("{} {name}", self.greeting),
+        }))
     }
 }
 
@@ -62,6 +71,10 @@ pub fn catalog() -> Catalog {
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

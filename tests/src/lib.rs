@@ -11,7 +11,7 @@ use std::time::Duration;
 use micro_core::server::RunningServer;
 use micro_core::{Options, Registry, Server};
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::{greeter, Greeter};
+use micro_examples::{Greeter, greeter};
 
 /// Options for an in-process test server: port 0, short TTL.
 pub fn test_options(name: &str) -> Options {
@@ -28,7 +28,10 @@ pub async fn start_greeter(registry: Arc<dyn Registry>, greeting: &str) -> Runni
     Server::new(test_options("greeter"), registry)
         .descriptors(greeter::DESCRIPTORS)
         .expect("descriptors")
-        .add_service(GreeterServer::new(Greeter { greeting: greeting.into(), ..Greeter::default() }))
+        .add_service(GreeterServer::new(Greeter {
+            greeting: greeting.into(),
+            ..Greeter::default()
+        }))
         .start()
         .await
         .expect("start greeter")
@@ -42,7 +45,10 @@ where
 {
     let until = tokio::time::Instant::now() + deadline;
     while !check().await {
-        assert!(tokio::time::Instant::now() < until, "{what}: not true within {deadline:?}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not true within {deadline:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -53,9 +59,16 @@ where
 /// command builds every binary first, so this only fails when run some other way.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -71,9 +84,18 @@ pub struct Process {
 impl Process {
     /// Starts binary `name` with `args` and extra environment `env` (the parent's `MICRO_*`
     /// variables are removed so tests are not steered by the caller's environment).
-    pub fn start(name: &str, args: &[&str], env: &[(&str, &str)], dir: Option<&std::path::Path>) -> Process {
+    pub fn start(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: Option<&std::path::Path>,
+    ) -> Process {
         let mut command = Command::new(binary(name));
-        command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+        command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MICRO_")) {
             command.env_remove(key);
         }
@@ -81,7 +103,9 @@ impl Process {
         if let Some(dir) = dir {
             command.current_dir(dir);
         }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -91,7 +115,11 @@ impl Process {
                 }
             }
         });
-        Process { child, lines, seen: Vec::new() }
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// The first stdout line containing `needle`, waiting up to `deadline`.
@@ -109,7 +137,10 @@ impl Process {
                         return line;
                     }
                 }
-                Err(_) => panic!("no stdout line containing `{needle}` within {deadline:?}; saw {:?}", self.seen),
+                Err(_) => panic!(
+                    "no stdout line containing `{needle}` within {deadline:?}; saw {:?}",
+                    self.seen
+                ),
             }
         }
     }
@@ -131,7 +162,10 @@ impl Process {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < until, "process did not exit within {deadline:?}");
+            assert!(
+                std::time::Instant::now() < until,
+                "process did not exit within {deadline:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,6 +179,10 @@ impl Drop for Process {
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
     assert!(status.success(), "kill -{name} {pid} failed");
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 use micro_core::registry::Registry;
 use micro_core::wrapper::RateLimitLayer;
 use micro_core::{Client, Server};
+use micro_examples::greeter::v1::HelloRequest;
 use micro_examples::greeter::v1::greeter_client::GreeterClient;
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::greeter::v1::HelloRequest;
-use micro_examples::{greeter, Greeter};
+use micro_examples::{Greeter, greeter};
 use micro_memory::MemoryRegistry;
 use micro_tests::test_options;
 
@@ -18,7 +18,13 @@ async fn burst(client: &Client, n: usize) -> (usize, usize) {
     let calls: Vec<_> = (0..n)
         .map(|i| {
             let mut greeter = GreeterClient::new(client.channel("greeter"));
-            tokio::spawn(async move { greeter.say_hello(HelloRequest { name: format!("n{i}") }).await })
+            tokio::spawn(async move {
+                greeter
+                    .say_hello(HelloRequest {
+                        name: format!("n{i}"),
+                    })
+                    .await
+            })
         })
         .collect();
     let (mut ok, mut exhausted) = (0, 0);
@@ -26,7 +32,11 @@ async fn burst(client: &Client, n: usize) -> (usize, usize) {
         match call.await.expect("task") {
             Ok(_) => ok += 1,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                assert!(status.message().contains("rate limit"), "{}", status.message());
+                assert!(
+                    status.message().contains("rate limit"),
+                    "{}",
+                    status.message()
+                );
                 exhausted += 1;
             }
             Err(status) => panic!("unexpected status {status:?}"),
@@ -50,7 +60,11 @@ async fn endpoint_limit_refuses_exactly_the_excess_then_recovers() {
     let client = Client::new(&test_options("client"), registry);
     assert_eq!(burst(&client, 15).await, (10, 5));
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(burst(&client, 1).await, (1, 0), "a permit is back after a second");
+    assert_eq!(
+        burst(&client, 1).await,
+        (1, 0),
+        "a permit is back after a second"
+    );
     server.stop().await.expect("stop");
 }
 
@@ -65,7 +79,10 @@ async fn unknown_endpoint_to_wrap_is_an_error_at_start() {
         .start()
         .await;
     let err = result.err().expect("unknown endpoint refused").to_string();
-    assert!(err.contains("Greeter.SayGoodbye") && err.contains("Greeter.SayHello"), "{err}");
+    assert!(
+        err.contains("Greeter.SayGoodbye") && err.contains("Greeter.SayHello"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +90,11 @@ async fn client_side_limit_and_wait_mode() {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let server = Server::new(test_options("greeter"), registry.clone())
         .add_service(GreeterServer::new(Greeter::default()))
-        .wrap(RateLimitLayer::per_second(2).burst(1).wait(Duration::from_secs(2)))
+        .wrap(
+            RateLimitLayer::per_second(2)
+                .burst(1)
+                .wait(Duration::from_secs(2)),
+        )
         .start()
         .await
         .expect("start");
@@ -82,7 +103,8 @@ async fn client_side_limit_and_wait_mode() {
     assert_eq!(burst(&plain, 3).await, (3, 0));
 
     // A client-side limiter refuses at once.
-    let limited = Client::new(&test_options("client"), registry).wrap(RateLimitLayer::per_second(1).burst(2));
+    let limited =
+        Client::new(&test_options("client"), registry).wrap(RateLimitLayer::per_second(1).burst(2));
     assert_eq!(burst(&limited, 4).await, (2, 2));
     server.stop().await.expect("stop");
 }

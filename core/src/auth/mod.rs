@@ -98,8 +98,15 @@ pub enum Denied {
 }
 
 /// Decides whether `account` (if any) may reach `resource` under `rules`.
-pub fn verify(rules: &[Rule], account: Option<&Account>, resource: &Resource) -> Result<(), Denied> {
-    let mut ordered: Vec<&Rule> = rules.iter().filter(|r| r.resource.covers(resource)).collect();
+pub fn verify(
+    rules: &[Rule],
+    account: Option<&Account>,
+    resource: &Resource,
+) -> Result<(), Denied> {
+    let mut ordered: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| r.resource.covers(resource))
+        .collect();
     // Highest priority first; at equal priority a deny comes first and so wins.
     ordered.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.access == Access::Grant));
     for rule in ordered {
@@ -123,14 +130,25 @@ fn refusal(account: Option<&Account>, resource: &Resource) -> Denied {
     let described = format!("{}:{}:{}", resource.kind, resource.name, resource.endpoint);
     match account {
         None => Denied::Unauthenticated(described),
-        Some(account) => Denied::Forbidden { account: account.id.clone(), resource: described },
+        Some(account) => Denied::Forbidden {
+            account: account.id.clone(),
+            resource: described,
+        },
     }
 }
 
 impl Resource {
     /// The resource `kind:name:endpoint`.
-    pub fn new(kind: impl Into<String>, name: impl Into<String>, endpoint: impl Into<String>) -> Self {
-        Resource { kind: kind.into(), name: name.into(), endpoint: endpoint.into() }
+    pub fn new(
+        kind: impl Into<String>,
+        name: impl Into<String>,
+        endpoint: impl Into<String>,
+    ) -> Self {
+        Resource {
+            kind: kind.into(),
+            name: name.into(),
+            endpoint: endpoint.into(),
+        }
     }
 
     /// Whether this (a rule's resource, with wildcards) covers `other`.
@@ -138,9 +156,15 @@ impl Resource {
         let matches = |pattern: &str, value: &str| {
             pattern == "*"
                 || pattern == value
-                || pattern.strip_suffix(".*").is_some_and(|head| value.strip_prefix(head).is_some_and(|rest| rest.starts_with('.')))
+                || pattern.strip_suffix(".*").is_some_and(|head| {
+                    value
+                        .strip_prefix(head)
+                        .is_some_and(|rest| rest.starts_with('.'))
+                })
         };
-        matches(&self.kind, &other.kind) && matches(&self.name, &other.name) && matches(&self.endpoint, &other.endpoint)
+        matches(&self.kind, &other.kind)
+            && matches(&self.name, &other.name)
+            && matches(&self.endpoint, &other.endpoint)
     }
 }
 
@@ -172,39 +196,74 @@ mod tests {
     use super::*;
 
     fn rule(id: &str, scope: &str, endpoint: &str, access: Access, priority: i32) -> Rule {
-        Rule { id: id.into(), scope: scope.into(), resource: Resource::new("service", "greeter", endpoint), access, priority }
+        Rule {
+            id: id.into(),
+            scope: scope.into(),
+            resource: Resource::new("service", "greeter", endpoint),
+            access,
+            priority,
+        }
     }
 
     fn account(scopes: &[&str]) -> Account {
-        Account { id: "alice".into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        Account {
+            id: "alice".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn public_rule_needs_no_account() {
         let rules = [rule("pub", "", "Greeter.SayHello", Access::Grant, 0)];
-        assert_eq!(verify(&rules, None, &Resource::new("service", "greeter", "Greeter.SayHello")), Ok(()));
+        assert_eq!(
+            verify(
+                &rules,
+                None,
+                &Resource::new("service", "greeter", "Greeter.SayHello")
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn no_match_is_401_without_account_and_403_with_one() {
         let rules = [rule("admins", "admin", "*", Access::Grant, 0)];
         let res = Resource::new("service", "greeter", "Greeter.SayHello");
-        assert!(matches!(verify(&rules, None, &res), Err(Denied::Unauthenticated(_))));
-        assert!(matches!(verify(&rules, Some(&account(&["user"])), &res), Err(Denied::Forbidden { .. })));
+        assert!(matches!(
+            verify(&rules, None, &res),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            verify(&rules, Some(&account(&["user"])), &res),
+            Err(Denied::Forbidden { .. })
+        ));
         assert_eq!(verify(&rules, Some(&account(&["admin"])), &res), Ok(()));
-        assert!(matches!(verify(&[], Some(&account(&["admin"])), &res), Err(Denied::Forbidden { .. })));
+        assert!(matches!(
+            verify(&[], Some(&account(&["admin"])), &res),
+            Err(Denied::Forbidden { .. })
+        ));
     }
 
     #[test]
     fn priority_then_deny_wins_ties() {
         let res = Resource::new("service", "greeter", "Greeter.SayHello");
         let alice = account(&["user"]);
-        let tie = [rule("g", "*", "*", Access::Grant, 5), rule("d", "*", "Greeter.*", Access::Deny, 5)];
+        let tie = [
+            rule("g", "*", "*", Access::Grant, 5),
+            rule("d", "*", "Greeter.*", Access::Deny, 5),
+        ];
         assert!(verify(&tie, Some(&alice), &res).is_err(), "deny wins a tie");
-        let higher_grant = [rule("g", "*", "*", Access::Grant, 6), rule("d", "*", "Greeter.*", Access::Deny, 5)];
+        let higher_grant = [
+            rule("g", "*", "*", Access::Grant, 6),
+            rule("d", "*", "Greeter.*", Access::Deny, 5),
+        ];
         assert_eq!(verify(&higher_grant, Some(&alice), &res), Ok(()));
         let any_account = [rule("any", "*", "*", Access::Grant, 0)];
-        assert!(matches!(verify(&any_account, None, &res), Err(Denied::Unauthenticated(_))));
+        assert!(matches!(
+            verify(&any_account, None, &res),
+            Err(Denied::Unauthenticated(_))
+        ));
     }
 
     #[test]

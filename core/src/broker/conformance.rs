@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::broker::{handler, Broker, Message, SubscribeOptions, Subscription};
-use crate::conformance::{eventually, unique, PROMPT};
+use crate::broker::{Broker, Message, SubscribeOptions, Subscription, handler};
+use crate::conformance::{PROMPT, eventually, unique};
 
 /// Generates one `#[tokio::test]` per conformance case; `$make` is an async expression giving an
 /// `Arc<dyn Broker>`.
@@ -22,19 +22,33 @@ macro_rules! broker_conformance {
             use super::*;
             use $crate::broker::conformance as suite;
             #[tokio::test(flavor = "multi_thread")]
-            async fn broadcast_reaches_every_subscriber() { suite::broadcast_reaches_every_subscriber($make.await).await }
+            async fn broadcast_reaches_every_subscriber() {
+                suite::broadcast_reaches_every_subscriber($make.await).await
+            }
             #[tokio::test(flavor = "multi_thread")]
-            async fn queue_group_shares_messages() { suite::queue_group_shares_messages($make.await).await }
+            async fn queue_group_shares_messages() {
+                suite::queue_group_shares_messages($make.await).await
+            }
             #[tokio::test(flavor = "multi_thread")]
-            async fn handler_error_redelivers() { suite::handler_error_redelivers($make.await).await }
+            async fn handler_error_redelivers() {
+                suite::handler_error_redelivers($make.await).await
+            }
             #[tokio::test(flavor = "multi_thread")]
-            async fn headers_round_trip() { suite::headers_round_trip($make.await).await }
+            async fn headers_round_trip() {
+                suite::headers_round_trip($make.await).await
+            }
             #[tokio::test(flavor = "multi_thread")]
-            async fn topics_are_separate() { suite::topics_are_separate($make.await).await }
+            async fn topics_are_separate() {
+                suite::topics_are_separate($make.await).await
+            }
             #[tokio::test(flavor = "multi_thread")]
-            async fn unsubscribe_stops_delivery() { suite::unsubscribe_stops_delivery($make.await).await }
+            async fn unsubscribe_stops_delivery() {
+                suite::unsubscribe_stops_delivery($make.await).await
+            }
             #[tokio::test(flavor = "multi_thread")]
-            async fn concurrent_publishers() { suite::concurrent_publishers($make.await).await }
+            async fn concurrent_publishers() {
+                suite::concurrent_publishers($make.await).await
+            }
         }
     };
 }
@@ -44,16 +58,30 @@ macro_rules! broker_conformance {
 struct Tally(Arc<Mutex<HashMap<(usize, Bytes), usize>>>);
 
 impl Tally {
-    async fn subscribe(&self, broker: &dyn Broker, topic: &str, member: usize, options: SubscribeOptions) -> Box<dyn Subscription> {
+    async fn subscribe(
+        &self,
+        broker: &dyn Broker,
+        topic: &str,
+        member: usize,
+        options: SubscribeOptions,
+    ) -> Box<dyn Subscription> {
         let tally = self.clone();
         let on_message = handler(move |message: Message| {
             let tally = tally.clone();
             async move {
-                *tally.0.lock().expect("tally lock").entry((member, message.body)).or_default() += 1;
+                *tally
+                    .0
+                    .lock()
+                    .expect("tally lock")
+                    .entry((member, message.body))
+                    .or_default() += 1;
                 Ok(())
             }
         });
-        broker.subscribe(topic, on_message, options).await.expect("subscribe")
+        broker
+            .subscribe(topic, on_message, options)
+            .await
+            .expect("subscribe")
     }
 
     fn total(&self) -> usize {
@@ -61,7 +89,13 @@ impl Tally {
     }
 
     fn per_member(&self, member: usize) -> usize {
-        self.0.lock().expect("tally lock").iter().filter(|((m, _), _)| *m == member).map(|(_, n)| n).sum()
+        self.0
+            .lock()
+            .expect("tally lock")
+            .iter()
+            .filter(|((m, _), _)| *m == member)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn per_body(&self) -> HashMap<Bytes, usize> {
@@ -75,7 +109,10 @@ impl Tally {
 
 async fn publish_numbered(broker: &dyn Broker, topic: &str, count: usize) {
     for i in 0..count {
-        broker.publish(topic, Message::new(format!("m{i}"))).await.expect("publish");
+        broker
+            .publish(topic, Message::new(format!("m{i}")))
+            .await
+            .expect("publish");
     }
 }
 
@@ -84,11 +121,18 @@ pub async fn broadcast_reaches_every_subscriber(broker: Arc<dyn Broker>) {
     let topic = unique("conf.broadcast");
     let tally = Tally::default();
     let subs = [
-        tally.subscribe(&*broker, &topic, 0, SubscribeOptions::default()).await,
-        tally.subscribe(&*broker, &topic, 1, SubscribeOptions::default()).await,
+        tally
+            .subscribe(&*broker, &topic, 0, SubscribeOptions::default())
+            .await,
+        tally
+            .subscribe(&*broker, &topic, 1, SubscribeOptions::default())
+            .await,
     ];
     publish_numbered(&*broker, &topic, 100).await;
-    eventually(PROMPT, "both subscribers get all 100", || async { tally.total() >= 200 }).await;
+    eventually(PROMPT, "both subscribers get all 100", || async {
+        tally.total() >= 200
+    })
+    .await;
     assert_eq!(tally.per_member(0), 100);
     assert_eq!(tally.per_member(1), 100);
     for sub in subs {
@@ -104,17 +148,30 @@ pub async fn queue_group_shares_messages(broker: Arc<dyn Broker>) {
     let tally = Tally::default();
     let mut subs = Vec::new();
     for member in 0..3 {
-        subs.push(tally.subscribe(&*broker, &topic, member, queue.clone()).await);
+        subs.push(
+            tally
+                .subscribe(&*broker, &topic, member, queue.clone())
+                .await,
+        );
     }
     publish_numbered(&*broker, &topic, 1000).await;
-    eventually(PROMPT * 3, "1000 deliveries", || async { tally.total() >= 1000 }).await;
+    eventually(PROMPT * 3, "1000 deliveries", || async {
+        tally.total() >= 1000
+    })
+    .await;
     // Give stray duplicates a moment to show up before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per_body = tally.per_body();
     assert_eq!(per_body.len(), 1000, "every message delivered");
-    assert!(per_body.values().all(|&n| n == 1), "no message delivered twice");
+    assert!(
+        per_body.values().all(|&n| n == 1),
+        "no message delivered twice"
+    );
     for member in 0..3 {
-        assert!(tally.per_member(member) > 0, "member {member} got none: the group is not shared");
+        assert!(
+            tally.per_member(member) > 0,
+            "member {member} got none: the group is not shared"
+        );
     }
     for sub in subs {
         sub.unsubscribe().await.expect("unsubscribe");
@@ -132,18 +189,30 @@ pub async fn handler_error_redelivers(broker: Arc<dyn Broker>) {
             let mut seen = seen.lock().expect("attempts lock");
             let n = seen.entry(message.body).or_default();
             *n += 1;
-            if *n == 1 { Err("first attempt fails".into()) } else { Ok(()) }
+            if *n == 1 {
+                Err("first attempt fails".into())
+            } else {
+                Ok(())
+            }
         }
     });
     let sub = broker
-        .subscribe(&topic, failing_once, SubscribeOptions::queue(unique("conf-retry")))
+        .subscribe(
+            &topic,
+            failing_once,
+            SubscribeOptions::queue(unique("conf-retry")),
+        )
         .await
         .expect("subscribe");
     publish_numbered(&*broker, &topic, 10).await;
-    eventually(PROMPT * 2, "every message redelivered after its failure", || async {
-        let attempts = attempts.lock().expect("attempts lock");
-        attempts.len() == 10 && attempts.values().all(|&n| n >= 2)
-    })
+    eventually(
+        PROMPT * 2,
+        "every message redelivered after its failure",
+        || async {
+            let attempts = attempts.lock().expect("attempts lock");
+            attempts.len() == 10 && attempts.values().all(|&n| n >= 2)
+        },
+    )
     .await;
     sub.unsubscribe().await.expect("unsubscribe");
 }
@@ -154,14 +223,27 @@ pub async fn headers_round_trip(broker: Arc<dyn Broker>) {
     let received: Arc<Mutex<Vec<Message>>> = Arc::default();
     let sink = received.clone();
     let sub = broker
-        .subscribe(&topic, handler(move |m| { let sink = sink.clone(); async move { sink.lock().expect("lock").push(m); Ok(()) } }), SubscribeOptions::default())
+        .subscribe(
+            &topic,
+            handler(move |m| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().expect("lock").push(m);
+                    Ok(())
+                }
+            }),
+            SubscribeOptions::default(),
+        )
         .await
         .expect("subscribe");
     let sent = Message::new(Bytes::from_static(&[0, 159, 146, 150, 255]))
         .with_header("content-type", "application/octet-stream")
         .with_header("x-trace-id", "abc123");
     broker.publish(&topic, sent.clone()).await.expect("publish");
-    eventually(PROMPT, "message received", || async { !received.lock().expect("lock").is_empty() }).await;
+    eventually(PROMPT, "message received", || async {
+        !received.lock().expect("lock").is_empty()
+    })
+    .await;
     let got = received.lock().expect("lock")[0].clone();
     assert_eq!(got.body, sent.body);
     for (key, value) in &sent.header {
@@ -174,12 +256,23 @@ pub async fn headers_round_trip(broker: Arc<dyn Broker>) {
 pub async fn topics_are_separate(broker: Arc<dyn Broker>) {
     let (a, b) = (unique("conf.topic-a"), unique("conf.topic-b"));
     let tally = Tally::default();
-    let sub = tally.subscribe(&*broker, &a, 0, SubscribeOptions::default()).await;
-    broker.publish(&b, Message::new("not for a")).await.expect("publish b");
-    broker.publish(&a, Message::new("for a")).await.expect("publish a");
+    let sub = tally
+        .subscribe(&*broker, &a, 0, SubscribeOptions::default())
+        .await;
+    broker
+        .publish(&b, Message::new("not for a"))
+        .await
+        .expect("publish b");
+    broker
+        .publish(&a, Message::new("for a"))
+        .await
+        .expect("publish a");
     eventually(PROMPT, "message on a", || async { tally.total() >= 1 }).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(tally.per_body().keys().cloned().collect::<Vec<_>>(), [Bytes::from("for a")]);
+    assert_eq!(
+        tally.per_body().keys().cloned().collect::<Vec<_>>(),
+        [Bytes::from("for a")]
+    );
     sub.unsubscribe().await.expect("unsubscribe");
 }
 
@@ -187,13 +280,26 @@ pub async fn topics_are_separate(broker: Arc<dyn Broker>) {
 pub async fn unsubscribe_stops_delivery(broker: Arc<dyn Broker>) {
     let topic = unique("conf.unsub");
     let tally = Tally::default();
-    let gone = tally.subscribe(&*broker, &topic, 0, SubscribeOptions::default()).await;
-    let stays = tally.subscribe(&*broker, &topic, 1, SubscribeOptions::default()).await;
-    broker.publish(&topic, Message::new("before")).await.expect("publish");
+    let gone = tally
+        .subscribe(&*broker, &topic, 0, SubscribeOptions::default())
+        .await;
+    let stays = tally
+        .subscribe(&*broker, &topic, 1, SubscribeOptions::default())
+        .await;
+    broker
+        .publish(&topic, Message::new("before"))
+        .await
+        .expect("publish");
     eventually(PROMPT, "both got `before`", || async { tally.total() >= 2 }).await;
     gone.unsubscribe().await.expect("unsubscribe");
-    broker.publish(&topic, Message::new("after")).await.expect("publish");
-    eventually(PROMPT, "the remaining subscriber got `after`", || async { tally.per_member(1) >= 2 }).await;
+    broker
+        .publish(&topic, Message::new("after"))
+        .await
+        .expect("publish");
+    eventually(PROMPT, "the remaining subscriber got `after`", || async {
+        tally.per_member(1) >= 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(tally.per_member(0), 1, "nothing after unsubscribe");
     stays.unsubscribe().await.expect("unsubscribe");
@@ -203,14 +309,19 @@ pub async fn unsubscribe_stops_delivery(broker: Arc<dyn Broker>) {
 pub async fn concurrent_publishers(broker: Arc<dyn Broker>) {
     let topic = unique("conf.concurrent");
     let tally = Tally::default();
-    let sub = tally.subscribe(&*broker, &topic, 0, SubscribeOptions::default()).await;
+    let sub = tally
+        .subscribe(&*broker, &topic, 0, SubscribeOptions::default())
+        .await;
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let broker = broker.clone();
             let topic = topic.clone();
             tokio::spawn(async move {
                 for i in 0..50 {
-                    broker.publish(&topic, Message::new(format!("t{t}-{i}"))).await.expect("publish");
+                    broker
+                        .publish(&topic, Message::new(format!("t{t}-{i}")))
+                        .await
+                        .expect("publish");
                 }
             })
         })
@@ -218,6 +329,9 @@ pub async fn concurrent_publishers(broker: Arc<dyn Broker>) {
     for task in tasks {
         task.await.expect("publisher task");
     }
-    eventually(PROMPT, "400 messages", || async { tally.per_body().len() >= 400 }).await;
+    eventually(PROMPT, "400 messages", || async {
+        tally.per_body().len() >= 400
+    })
+    .await;
     sub.unsubscribe().await.expect("unsubscribe");
 }

@@ -29,7 +29,10 @@ pub struct Message {
 impl Message {
     /// A message with `body` and no headers.
     pub fn new(body: impl Into<Bytes>) -> Self {
-        Message { header: BTreeMap::new(), body: body.into() }
+        Message {
+            header: BTreeMap::new(),
+            body: body.into(),
+        }
     }
 
     /// Adds a header.
@@ -64,7 +67,9 @@ pub struct SubscribeOptions {
 impl SubscribeOptions {
     /// Share messages with every subscriber of the queue `name`.
     pub fn queue(name: impl Into<String>) -> Self {
-        SubscribeOptions { queue: Some(name.into()) }
+        SubscribeOptions {
+            queue: Some(name.into()),
+        }
     }
 }
 

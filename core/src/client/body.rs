@@ -19,7 +19,10 @@ pub(super) struct SharedBody {
 
 impl SharedBody {
     pub(super) fn new(body: Body) -> Self {
-        SharedBody { body: Arc::new(Mutex::new(body)), taken: Arc::new(AtomicBool::new(false)) }
+        SharedBody {
+            body: Arc::new(Mutex::new(body)),
+            taken: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub(super) fn reader(&self) -> Body {
@@ -38,7 +41,10 @@ impl HttpBody for Reader {
     type Data = Bytes;
     type Error = tonic::Status;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut body = self.0.body.lock().unwrap_or_else(|p| p.into_inner());
         let polled = Pin::new(&mut *body).poll_frame(cx);
         if let Poll::Ready(Some(_)) = &polled {
@@ -48,10 +54,18 @@ impl HttpBody for Reader {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.body.lock().map(|b| b.is_end_stream()).unwrap_or(false)
+        self.0
+            .body
+            .lock()
+            .map(|b| b.is_end_stream())
+            .unwrap_or(false)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.body.lock().map(|b| b.size_hint()).unwrap_or_default()
+        self.0
+            .body
+            .lock()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
     }
 }

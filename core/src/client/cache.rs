@@ -22,21 +22,38 @@ pub(super) struct Cache {
 
 impl Cache {
     fn get(&self, service: &str) -> Option<Arc<Resolved>> {
-        self.services.lock().unwrap_or_else(|p| p.into_inner()).get(service).cloned()
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned()
     }
 
     fn put(&self, service: &str, nodes: Vec<Node>) {
-        let resolved = Arc::new(Resolved { nodes, turn: AtomicUsize::new(fastrand::usize(..)) });
-        self.services.lock().unwrap_or_else(|p| p.into_inner()).insert(service.to_string(), resolved);
+        let resolved = Arc::new(Resolved {
+            nodes,
+            turn: AtomicUsize::new(fastrand::usize(..)),
+        });
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.to_string(), resolved);
     }
 
     fn forget(&self, service: &str) {
-        self.services.lock().unwrap_or_else(|p| p.into_inner()).remove(service);
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(service);
     }
 }
 
 /// The nodes of `service`: from the cache, or from the registry (then watched).
-pub(super) async fn resolve(cache: &Arc<Cache>, registry: &Arc<dyn Registry>, service: &str) -> Result<Arc<Resolved>> {
+pub(super) async fn resolve(
+    cache: &Arc<Cache>,
+    registry: &Arc<dyn Registry>,
+    service: &str,
+) -> Result<Arc<Resolved>> {
     if let Some(resolved) = cache.get(service) {
         return Ok(resolved);
     }
@@ -44,19 +61,36 @@ pub(super) async fn resolve(cache: &Arc<Cache>, registry: &Arc<dyn Registry>, se
     let watcher = registry.watch(Some(service)).await?;
     let nodes = fetch(&**registry, service).await?;
     cache.put(service, nodes);
-    tokio::spawn(keep_fresh(Arc::downgrade(cache), registry.clone(), service.to_string(), watcher));
-    cache.get(service).ok_or_else(|| Error::NotFound(service.to_string()))
+    tokio::spawn(keep_fresh(
+        Arc::downgrade(cache),
+        registry.clone(),
+        service.to_string(),
+        watcher,
+    ));
+    cache
+        .get(service)
+        .ok_or_else(|| Error::NotFound(service.to_string()))
 }
 
 async fn fetch(registry: &dyn Registry, service: &str) -> Result<Vec<Node>> {
-    let mut nodes: Vec<Node> = registry.get_service(service).await?.into_iter().flat_map(|s| s.nodes).collect();
+    let mut nodes: Vec<Node> = registry
+        .get_service(service)
+        .await?
+        .into_iter()
+        .flat_map(|s| s.nodes)
+        .collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(nodes)
 }
 
 /// Refreshes the entry on every event; forgets it when the watch fails or ends (the next call
 /// resolves afresh); ends when the client is gone.
-async fn keep_fresh(cache: Weak<Cache>, registry: Arc<dyn Registry>, service: String, mut watcher: crate::registry::Watcher) {
+async fn keep_fresh(
+    cache: Weak<Cache>,
+    registry: Arc<dyn Registry>,
+    service: String,
+    mut watcher: crate::registry::Watcher,
+) {
     loop {
         let event = watcher.next().await;
         let Some(cache) = cache.upgrade() else { return };

@@ -13,9 +13,9 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
-use super::body::SharedBody;
-use super::cache::{resolve, Cache, Resolved};
 use super::Selector;
+use super::body::SharedBody;
+use super::cache::{Cache, Resolved, resolve};
 use crate::registry::{Node, Registry};
 use crate::wrapper::rate_limit::grpc_timeout;
 use crate::{BoxError, Error};
@@ -34,8 +34,21 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    pub(super) fn new(registry: Arc<dyn Registry>, timeout: Duration, retries: u32, selector: Selector) -> Self {
-        Inner { registry, timeout, retries, selector, cache: Arc::default(), channels: Mutex::default(), cooling: Mutex::default() }
+    pub(super) fn new(
+        registry: Arc<dyn Registry>,
+        timeout: Duration,
+        retries: u32,
+        selector: Selector,
+    ) -> Self {
+        Inner {
+            registry,
+            timeout,
+            retries,
+            selector,
+            cache: Arc::default(),
+            channels: Mutex::default(),
+            cooling: Mutex::default(),
+        }
     }
 
     /// A lazily connecting channel per address, shared by every call.
@@ -44,8 +57,12 @@ impl Inner {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| Error::invalid("node address", format!("`{address}`: {e}")))?;
-        let channel = endpoint.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true).connect_lazy();
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::invalid("node address", format!("`{address}`: {e}")))?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -53,24 +70,40 @@ impl Inner {
     fn pick(&self, resolved: &Resolved, tried: &HashSet<String>) -> Option<Node> {
         let now = Instant::now();
         let cooling = self.cooling.lock().unwrap_or_else(|p| p.into_inner());
-        let untried: Vec<&Node> = resolved.nodes.iter().filter(|n| !tried.contains(&n.address)).collect();
-        let warm: Vec<&Node> = untried.iter().copied().filter(|n| cooling.get(&n.address).is_none_or(|until| *until <= now)).collect();
+        let untried: Vec<&Node> = resolved
+            .nodes
+            .iter()
+            .filter(|n| !tried.contains(&n.address))
+            .collect();
+        let warm: Vec<&Node> = untried
+            .iter()
+            .copied()
+            .filter(|n| cooling.get(&n.address).is_none_or(|until| *until <= now))
+            .collect();
         // Prefer nodes that have not failed lately, but try a cooling one over failing the call.
         let candidates = if warm.is_empty() { untried } else { warm };
         if candidates.is_empty() {
             return None;
         }
         let index = match self.selector {
-            Selector::RoundRobin => resolved.turn.fetch_add(1, Ordering::Relaxed) % candidates.len(),
+            Selector::RoundRobin => {
+                resolved.turn.fetch_add(1, Ordering::Relaxed) % candidates.len()
+            }
             Selector::Random => fastrand::usize(..candidates.len()),
         };
         Some(candidates[index].clone())
     }
 
     fn cool(&self, address: &str) {
-        self.cooling.lock().unwrap_or_else(|p| p.into_inner()).insert(address.to_string(), Instant::now() + COOLDOWN);
+        self.cooling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(address.to_string(), Instant::now() + COOLDOWN);
         // Drop the channel too: a restarted node may come back on the same address.
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(address);
     }
 }
 
@@ -83,7 +116,10 @@ pub(super) struct Balancer {
 
 impl Balancer {
     pub(super) fn new(inner: Arc<Inner>, service: &str) -> Self {
-        Balancer { inner, service: service.into() }
+        Balancer {
+            inner,
+            service: service.into(),
+        }
     }
 }
 
@@ -98,13 +134,19 @@ impl Service<http::Request<Body>> for Balancer {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let (inner, service) = (self.inner.clone(), self.service.clone());
-        let timeout = grpc_timeout(request.headers()).map_or(inner.timeout, |t| t.min(inner.timeout));
-        let span = tracing::debug_span!("call", service = %service, endpoint = %request.uri().path());
+        let timeout =
+            grpc_timeout(request.headers()).map_or(inner.timeout, |t| t.min(inner.timeout));
+        let span =
+            tracing::debug_span!("call", service = %service, endpoint = %request.uri().path());
         Box::pin(tracing::Instrument::instrument(
             async move {
                 match tokio::time::timeout(timeout, attempts(&inner, &service, request)).await {
                     Ok(result) => result,
-                    Err(_) => Err(tonic::Status::deadline_exceeded(format!("call to `{service}` timed out after {}", humantime::format_duration(timeout))).into()),
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "call to `{service}` timed out after {}",
+                        humantime::format_duration(timeout)
+                    ))
+                    .into()),
                 }
             },
             span,
@@ -112,14 +154,22 @@ impl Service<http::Request<Body>> for Balancer {
     }
 }
 
-async fn attempts(inner: &Inner, service: &str, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
-    let resolved = resolve(&inner.cache, &inner.registry, service).await.map_err(unavailable)?;
+async fn attempts(
+    inner: &Inner,
+    service: &str,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    let resolved = resolve(&inner.cache, &inner.registry, service)
+        .await
+        .map_err(unavailable)?;
     let (parts, body) = request.into_parts();
     let body = SharedBody::new(body);
     let mut tried = HashSet::new();
     let mut last_error: Option<BoxError> = None;
     for attempt in 0..=inner.retries {
-        let Some(node) = inner.pick(&resolved, &tried) else { break };
+        let Some(node) = inner.pick(&resolved, &tried) else {
+            break;
+        };
         let channel = inner.channel(&node.address).map_err(unavailable)?;
         let mut request = http::Request::new(body.reader());
         *request.method_mut() = parts.method.clone();
@@ -144,8 +194,15 @@ async fn attempts(inner: &Inner, service: &str, request: http::Request<Body>) ->
         }
     }
     Err(match last_error {
-        Some(error) => tonic::Status::unavailable(format!("no node of `{service}` could be reached (tried {}): {error}", tried.len())).into(),
-        None => unavailable(Error::NoNode { service: service.to_string(), registry: inner.registry.name().to_string() }),
+        Some(error) => tonic::Status::unavailable(format!(
+            "no node of `{service}` could be reached (tried {}): {error}",
+            tried.len()
+        ))
+        .into(),
+        None => unavailable(Error::NoNode {
+            service: service.to_string(),
+            registry: inner.registry.name().to_string(),
+        }),
     })
 }
 

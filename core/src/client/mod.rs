@@ -22,10 +22,10 @@ use tonic::body::Body;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
+use crate::BoxError;
 use crate::options::Options;
 use crate::registry::Registry;
-use crate::wrapper::{apply, CallService, Wrapper};
-use crate::BoxError;
+use crate::wrapper::{CallService, Wrapper, apply};
 
 /// How the client picks a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,7 +55,10 @@ impl Service<http::Request<Body>> for ServiceChannel {
     type Error = tonic::Status;
     type Future = futures::future::BoxFuture<'static, Result<http::Response<Body>, tonic::Status>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx).map_err(tonic::Status::from_error)
     }
 
@@ -69,7 +72,12 @@ impl Client {
     /// A client resolving through `registry`, with the timeout and retries of `options`.
     pub fn new(options: &Options, registry: Arc<dyn Registry>) -> Self {
         Client {
-            inner: Arc::new(call::Inner::new(registry, options.client_timeout, options.client_retries, Selector::RoundRobin)),
+            inner: Arc::new(call::Inner::new(
+                registry,
+                options.client_timeout,
+                options.client_retries,
+                Selector::RoundRobin,
+            )),
             wrappers: Vec::new(),
         }
     }
@@ -88,7 +96,11 @@ impl Client {
     pub fn wrap<L>(mut self, layer: L) -> Self
     where
         L: Layer<CallService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
         <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
     {
@@ -108,8 +120,16 @@ impl Client {
     }
 
     fn rebuild(self, change: impl FnOnce(&mut call::Inner)) -> Self {
-        let mut inner = call::Inner::new(self.inner.registry.clone(), self.inner.timeout, self.inner.retries, self.inner.selector);
+        let mut inner = call::Inner::new(
+            self.inner.registry.clone(),
+            self.inner.timeout,
+            self.inner.retries,
+            self.inner.selector,
+        );
         change(&mut inner);
-        Client { inner: Arc::new(inner), wrappers: self.wrappers }
+        Client {
+            inner: Arc::new(inner),
+            wrappers: self.wrappers,
+        }
     }
 }

@@ -43,10 +43,12 @@ impl dyn Config {
     pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
         match self.get(path).await? {
             None => Ok(None),
-            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| Error::Decode {
-                what: format!("config `{path}`"),
-                message: e.to_string(),
-            }),
+            Some(value) => serde_json::from_value(value)
+                .map(Some)
+                .map_err(|e| Error::Decode {
+                    what: format!("config `{path}`"),
+                    message: e.to_string(),
+                }),
         }
     }
 }

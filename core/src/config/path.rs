@@ -12,14 +12,19 @@ pub fn split_path(path: &str) -> Result<Vec<&str>> {
     }
     let segments: Vec<&str> = path.split('.').collect();
     if segments.iter().any(|s| s.is_empty()) {
-        return Err(Error::invalid("config path", format!("`{path}` has an empty segment")));
+        return Err(Error::invalid(
+            "config path",
+            format!("`{path}` has an empty segment"),
+        ));
     }
     Ok(segments)
 }
 
 /// The value at `segments` under `root`.
 pub fn get_path<'a>(root: &'a Value, segments: &[&str]) -> Option<&'a Value> {
-    segments.iter().try_fold(root, |node, segment| node.as_object()?.get(*segment))
+    segments
+        .iter()
+        .try_fold(root, |node, segment| node.as_object()?.get(*segment))
 }
 
 /// Sets the value at `segments`, turning non-object parents into objects.
@@ -30,7 +35,9 @@ pub fn set_path(root: &mut Value, segments: &[&str], value: Value) {
     };
     let mut node = root;
     for segment in parents {
-        node = as_object(node).entry(segment.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        node = as_object(node)
+            .entry(segment.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
     as_object(node).insert(last.to_string(), value);
 }
@@ -42,8 +49,10 @@ pub fn delete_path(root: &mut Value, segments: &[&str]) -> bool {
         *root = Value::Object(Map::new());
         return changed;
     };
-    let Some(object) = root.as_object_mut() else { return false };
-    let changed = if rest.is_empty() {
+    let Some(object) = root.as_object_mut() else {
+        return false;
+    };
+    if rest.is_empty() {
         object.remove(*first).is_some()
     } else {
         match object.get_mut(*first) {
@@ -56,8 +65,7 @@ pub fn delete_path(root: &mut Value, segments: &[&str]) -> bool {
             }
             None => false,
         }
-    };
-    changed
+    }
 }
 
 fn as_object(node: &mut Value) -> &mut Map<String, Value> {
@@ -97,7 +105,12 @@ mod tests {
 
     #[test]
     fn bad_paths_are_errors() {
-        assert!(split_path("a..b").unwrap_err().to_string().contains("`a..b`"));
+        assert!(
+            split_path("a..b")
+                .unwrap_err()
+                .to_string()
+                .contains("`a..b`")
+        );
         assert!(split_path(".a").is_err());
         assert_eq!(split_path("").unwrap(), Vec::<&str>::new());
     }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{get_path, split_path, ConfigWatcher};
+use super::{ConfigWatcher, get_path, split_path};
 use crate::Result;
 
 struct PathWatcher {
@@ -31,7 +31,11 @@ impl WatchHub {
         let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let last = get_path(current, &refs).cloned();
         let (sender, receiver) = mpsc::unbounded_channel();
-        self.lock().push(PathWatcher { segments, last, sender });
+        self.lock().push(PathWatcher {
+            segments,
+            last,
+            sender,
+        });
         Ok(UnboundedReceiverStream::new(receiver).boxed())
     }
 
@@ -50,11 +54,14 @@ impl WatchHub {
 
     /// Tells every watcher of a failure (a malformed value in the backend, a lost connection).
     pub fn publish_error(&self, error: impl Fn() -> crate::Error) {
-        self.lock().retain(|watcher| watcher.sender.send(Err(error())).is_ok());
+        self.lock()
+            .retain(|watcher| watcher.sender.send(Err(error())).is_ok());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathWatcher>> {
         // A panic while holding this lock cannot leave the list half-updated.
-        self.watchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.watchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conformance::{eventually, next, unique, PROMPT};
+use crate::conformance::{PROMPT, eventually, next, unique};
 use crate::registry::{Endpoint, EventKind, MessageType, Node, Registry, Service, Watcher};
 
 /// The TTL the expiry case registers with; backends raise shorter TTLs (etcd to about 2 s).
@@ -56,7 +56,10 @@ fn node(id: &str, port: u16) -> Node {
 }
 
 fn service(name: &str, version: &str, nodes: Vec<Node>) -> Service {
-    let message = |n: &str| MessageType { name: n.into(), full_name: format!("test.v1.{n}") };
+    let message = |n: &str| MessageType {
+        name: n.into(),
+        full_name: format!("test.v1.{n}"),
+    };
     Service {
         name: name.into(),
         version: version.into(),
@@ -72,16 +75,25 @@ fn service(name: &str, version: &str, nodes: Vec<Node>) -> Service {
 }
 
 fn node_ids(services: &[Service]) -> Vec<String> {
-    let mut ids: Vec<String> = services.iter().flat_map(|s| s.nodes.iter().map(|n| n.id.clone())).collect();
+    let mut ids: Vec<String> = services
+        .iter()
+        .flat_map(|s| s.nodes.iter().map(|n| n.id.clone()))
+        .collect();
     ids.sort();
     ids
 }
 
 async fn expect_event(watcher: &mut Watcher, kind: EventKind, node_id: &str, step: &str) {
-    let event = next(watcher, step).await.unwrap_or_else(|e| panic!("{step}: watch failed: {e}"));
+    let event = next(watcher, step)
+        .await
+        .unwrap_or_else(|e| panic!("{step}: watch failed: {e}"));
     assert_eq!(event.kind, kind, "{step}: wrong event kind: {event:?}");
     let ids: Vec<&str> = event.service.nodes.iter().map(|n| n.id.as_str()).collect();
-    assert_eq!(ids, [node_id], "{step}: event for the wrong node: {event:?}");
+    assert_eq!(
+        ids,
+        [node_id],
+        "{step}: event for the wrong node: {event:?}"
+    );
 }
 
 /// Register, read back (endpoints and metadata intact), list, deregister, read back empty.
@@ -91,16 +103,42 @@ pub async fn register_get_list_deregister(registry: Arc<dyn Registry>) {
     registry.register(&svc, LONG_TTL).await.expect("register");
 
     let got = registry.get_service(&name).await.expect("get_service");
-    assert_eq!(got, vec![svc.clone()], "get_service returns what was registered");
+    assert_eq!(
+        got,
+        vec![svc.clone()],
+        "get_service returns what was registered"
+    );
     let listed = registry.list_services().await.expect("list_services");
-    assert!(listed.iter().any(|s| s.name == name), "list_services includes {name}");
+    assert!(
+        listed.iter().any(|s| s.name == name),
+        "list_services includes {name}"
+    );
 
     registry.deregister(&svc).await.expect("deregister");
-    assert!(registry.get_service(&name).await.expect("get_service").is_empty(), "gone after deregister");
+    assert!(
+        registry
+            .get_service(&name)
+            .await
+            .expect("get_service")
+            .is_empty(),
+        "gone after deregister"
+    );
     let listed = registry.list_services().await.expect("list_services");
-    assert!(!listed.iter().any(|s| s.name == name), "list_services no longer includes {name}");
-    registry.deregister(&svc).await.expect("deregistering twice is not an error");
-    assert!(registry.get_service(&unique("conf-never")).await.expect("get unknown").is_empty());
+    assert!(
+        !listed.iter().any(|s| s.name == name),
+        "list_services no longer includes {name}"
+    );
+    registry
+        .deregister(&svc)
+        .await
+        .expect("deregistering twice is not an error");
+    assert!(
+        registry
+            .get_service(&unique("conf-never"))
+            .await
+            .expect("get unknown")
+            .is_empty()
+    );
 }
 
 /// Two versions of one service are two entries, each with its own nodes.
@@ -114,7 +152,10 @@ pub async fn two_versions(registry: Arc<dyn Registry>) {
     got.sort_by(|a, b| a.version.cmp(&b.version));
     assert_eq!(got, vec![v1.clone(), v2.clone()]);
     registry.deregister(&v1).await.expect("deregister v1");
-    assert_eq!(registry.get_service(&name).await.expect("get_service"), vec![v2.clone()]);
+    assert_eq!(
+        registry.get_service(&name).await.expect("get_service"),
+        vec![v2.clone()]
+    );
     registry.deregister(&v2).await.expect("deregister v2");
 }
 
@@ -129,7 +170,10 @@ pub async fn nodes_come_and_go(registry: Arc<dyn Registry>) {
     assert_eq!(got.len(), 1, "one version: {got:?}");
     assert_eq!(node_ids(&got), [format!("{name}-a"), format!("{name}-b")]);
     registry.deregister(&a).await.expect("deregister a");
-    assert_eq!(node_ids(&registry.get_service(&name).await.expect("get")), [format!("{name}-b")]);
+    assert_eq!(
+        node_ids(&registry.get_service(&name).await.expect("get")),
+        [format!("{name}-b")]
+    );
     registry.deregister(&b).await.expect("deregister b");
 }
 
@@ -143,24 +187,65 @@ pub async fn watch_in_order(registry: Arc<dyn Registry>, observer: Arc<dyn Regis
     let n2 = service(&name, "1", vec![node(&format!("{name}-2"), 1002)]);
 
     registry.register(&n1, LONG_TTL).await.expect("register n1");
-    expect_event(&mut watcher, EventKind::Create, &format!("{name}-1"), "register n1").await;
+    expect_event(
+        &mut watcher,
+        EventKind::Create,
+        &format!("{name}-1"),
+        "register n1",
+    )
+    .await;
 
     let mut changed = n1.clone();
-    changed.nodes[0].metadata.insert("weight".into(), "2".into());
-    registry.register(&changed, LONG_TTL).await.expect("re-register n1 changed");
-    expect_event(&mut watcher, EventKind::Update, &format!("{name}-1"), "change n1").await;
+    changed.nodes[0]
+        .metadata
+        .insert("weight".into(), "2".into());
+    registry
+        .register(&changed, LONG_TTL)
+        .await
+        .expect("re-register n1 changed");
+    expect_event(
+        &mut watcher,
+        EventKind::Update,
+        &format!("{name}-1"),
+        "change n1",
+    )
+    .await;
 
     registry.register(&n2, LONG_TTL).await.expect("register n2");
-    expect_event(&mut watcher, EventKind::Create, &format!("{name}-2"), "register n2").await;
+    expect_event(
+        &mut watcher,
+        EventKind::Create,
+        &format!("{name}-2"),
+        "register n2",
+    )
+    .await;
 
     let unrelated = service(&other, "1", vec![node(&format!("{other}-1"), 1003)]);
-    registry.register(&unrelated, LONG_TTL).await.expect("register other service");
+    registry
+        .register(&unrelated, LONG_TTL)
+        .await
+        .expect("register other service");
     registry.deregister(&changed).await.expect("deregister n1");
-    expect_event(&mut watcher, EventKind::Delete, &format!("{name}-1"), "deregister n1").await;
+    expect_event(
+        &mut watcher,
+        EventKind::Delete,
+        &format!("{name}-1"),
+        "deregister n1",
+    )
+    .await;
 
     registry.deregister(&n2).await.expect("deregister n2");
-    expect_event(&mut watcher, EventKind::Delete, &format!("{name}-2"), "deregister n2").await;
-    registry.deregister(&unrelated).await.expect("deregister other");
+    expect_event(
+        &mut watcher,
+        EventKind::Delete,
+        &format!("{name}-2"),
+        "deregister n2",
+    )
+    .await;
+    registry
+        .deregister(&unrelated)
+        .await
+        .expect("deregister other");
 }
 
 /// A watcher without a filter sees every service.
@@ -195,10 +280,28 @@ pub async fn ttl_expiry(registry: Arc<dyn Registry>, observer: Arc<dyn Registry>
     let lapsing = service(&name, "1", vec![node(&format!("{name}-lapsing"), 1001)]);
     let kept = service(&name, "1", vec![node(&format!("{name}-kept"), 1002)]);
     let mut watcher = observer.watch(Some(&name)).await.expect("watch");
-    registry.register(&lapsing, SHORT_TTL).await.expect("register lapsing");
-    registry.register(&kept, SHORT_TTL).await.expect("register kept");
-    expect_event(&mut watcher, EventKind::Create, &format!("{name}-lapsing"), "register lapsing").await;
-    expect_event(&mut watcher, EventKind::Create, &format!("{name}-kept"), "register kept").await;
+    registry
+        .register(&lapsing, SHORT_TTL)
+        .await
+        .expect("register lapsing");
+    registry
+        .register(&kept, SHORT_TTL)
+        .await
+        .expect("register kept");
+    expect_event(
+        &mut watcher,
+        EventKind::Create,
+        &format!("{name}-lapsing"),
+        "register lapsing",
+    )
+    .await;
+    expect_event(
+        &mut watcher,
+        EventKind::Create,
+        &format!("{name}-kept"),
+        "register kept",
+    )
+    .await;
 
     let heartbeat = {
         let registry = registry.clone();
@@ -225,10 +328,18 @@ pub async fn ttl_expiry(registry: Arc<dyn Registry>, observer: Arc<dyn Registry>
     assert_eq!(event.service.nodes[0].id, format!("{name}-lapsing"));
     let left = registry.get_service(&name).await.expect("get_service");
     heartbeat.abort();
-    assert_eq!(node_ids(&left), [format!("{name}-kept")], "the refreshed node stays");
+    assert_eq!(
+        node_ids(&left),
+        [format!("{name}-kept")],
+        "the refreshed node stays"
+    );
     registry.deregister(&kept).await.expect("deregister kept");
     eventually(PROMPT, "kept node deregistered", || async {
-        registry.get_service(&name).await.map(|s| s.is_empty()).unwrap_or(false)
+        registry
+            .get_service(&name)
+            .await
+            .map(|s| s.is_empty())
+            .unwrap_or(false)
     })
     .await;
 }
@@ -256,11 +367,16 @@ pub async fn concurrent_registrations(registry: Arc<dyn Registry>) {
 
 /// Empty names and nodes without address are refused with an error, not stored.
 pub async fn rejects_invalid_services(registry: Arc<dyn Registry>) {
-    let err = registry.register(&service("", "1", vec![node("x", 1)]), LONG_TTL).await;
+    let err = registry
+        .register(&service("", "1", vec![node("x", 1)]), LONG_TTL)
+        .await;
     assert!(err.is_err(), "an empty name is refused");
     let name = unique("conf-invalid");
     let mut bad = service(&name, "1", vec![node("x", 1)]);
     bad.nodes[0].address.clear();
-    assert!(registry.register(&bad, LONG_TTL).await.is_err(), "a node without address is refused");
+    assert!(
+        registry.register(&bad, LONG_TTL).await.is_err(),
+        "a node without address is refused"
+    );
     assert!(registry.get_service(&name).await.expect("get").is_empty());
 }

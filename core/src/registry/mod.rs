@@ -158,7 +158,10 @@ impl Service {
             if node.id.is_empty() || node.id.contains('/') {
                 return Err(Error::invalid(
                     "service",
-                    format!("node id `{}` of `{}` is empty or has `/`", node.id, self.name),
+                    format!(
+                        "node id `{}` of `{}` is empty or has `/`",
+                        node.id, self.name
+                    ),
                 ));
             }
             if node.address.is_empty() {
@@ -211,26 +214,66 @@ mod tests {
               "metadata":{"grpc_method":"/greeter.v1.Greeter/SayHello"}}],
             "nodes":[{"id":"greeter-1","address":"127.0.0.1:50051","metadata":{"protocol":"grpc"}}]}"#;
         let service: Service = serde_json::from_str(json).unwrap();
-        assert_eq!(service.endpoints[0].request.as_ref().unwrap().full_name, "greeter.v1.HelloRequest");
+        assert_eq!(
+            service.endpoints[0].request.as_ref().unwrap().full_name,
+            "greeter.v1.HelloRequest"
+        );
         assert_eq!(service.nodes[0].address, "127.0.0.1:50051");
         let back = serde_json::to_value(&service).unwrap();
-        assert_eq!(back["endpoints"][0]["response"]["type"], "greeter.v1.HelloReply");
+        assert_eq!(
+            back["endpoints"][0]["response"]["type"],
+            "greeter.v1.HelloReply"
+        );
     }
 
     #[test]
     fn merges_nodes_per_version() {
-        let a = Service { name: "s".into(), version: "1".into(), nodes: vec![Node { id: "b".into(), address: "x:1".into(), ..Default::default() }], ..Default::default() };
-        let b = Service { nodes: vec![Node { id: "a".into(), address: "x:2".into(), ..Default::default() }], ..a.clone() };
-        let c = Service { version: "2".into(), ..a.clone() };
+        let a = Service {
+            name: "s".into(),
+            version: "1".into(),
+            nodes: vec![Node {
+                id: "b".into(),
+                address: "x:1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let b = Service {
+            nodes: vec![Node {
+                id: "a".into(),
+                address: "x:2".into(),
+                ..Default::default()
+            }],
+            ..a.clone()
+        };
+        let c = Service {
+            version: "2".into(),
+            ..a.clone()
+        };
         let merged = merge_nodes([a, b, c]);
         assert_eq!(merged.len(), 2);
-        assert_eq!(merged[0].nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            merged[0]
+                .nodes
+                .iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 
     #[test]
     fn rejects_bad_services() {
         assert!(Service::default().validate().is_err());
-        let s = Service { name: "a/b".into(), ..Default::default() };
-        assert!(s.validate().unwrap_err().to_string().contains("contains `/`"));
+        let s = Service {
+            name: "a/b".into(),
+            ..Default::default()
+        };
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("contains `/`")
+        );
     }
 }

@@ -14,9 +14,15 @@ pub fn endpoints_of(pool: &DescriptorPool, services: &[&str]) -> Vec<Endpoint> {
             continue;
         };
         for method in service.methods() {
-            let message = |m: prost_reflect::MessageDescriptor| MessageType { name: m.name().to_string(), full_name: m.full_name().to_string() };
+            let message = |m: prost_reflect::MessageDescriptor| MessageType {
+                name: m.name().to_string(),
+                full_name: m.full_name().to_string(),
+            };
             let mut metadata = std::collections::BTreeMap::new();
-            metadata.insert("grpc_method".to_string(), format!("/{}/{}", service.full_name(), method.name()));
+            metadata.insert(
+                "grpc_method".to_string(),
+                format!("/{}/{}", service.full_name(), method.name()),
+            );
             let stream = match (method.is_client_streaming(), method.is_server_streaming()) {
                 (false, false) => None,
                 (true, false) => Some("client"),

@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 
 use crate::options::Options;
 use crate::registry::{Node, Registry};
-use crate::wrapper::{apply, HandlerService, OnPath, Wrapper};
+use crate::wrapper::{HandlerService, OnPath, Wrapper, apply};
 use crate::{Error, Result};
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -68,7 +68,12 @@ impl Server {
     /// Adds an encoded `FileDescriptorSet` describing the services: served by reflection and
     /// read for the registered endpoints. Call once per set.
     pub fn descriptors(mut self, encoded: &[u8]) -> Result<Self> {
-        self.pool.decode_file_descriptor_set(encoded).map_err(|e| Error::Decode { what: "file descriptor set".into(), message: e.to_string() })?;
+        self.pool
+            .decode_file_descriptor_set(encoded)
+            .map_err(|e| Error::Decode {
+                what: "file descriptor set".into(),
+                message: e.to_string(),
+            })?;
         self.encoded.push(encoded.to_vec());
         Ok(self)
     }
@@ -76,7 +81,12 @@ impl Server {
     /// Adds a tonic service (`GreeterServer::new(handler)`).
     pub fn add_service<S>(mut self, service: S) -> Self
     where
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
     {
         self.names.push(S::NAME);
@@ -88,7 +98,11 @@ impl Server {
     pub fn wrap<L>(mut self, layer: L) -> Self
     where
         L: Layer<HandlerService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
     {
         self.wrappers.push(Wrapper::handler(layer));
@@ -100,10 +114,15 @@ impl Server {
     pub fn wrap_endpoint<L>(mut self, endpoint: &str, layer: L) -> Self
     where
         L: Layer<HandlerService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
     {
-        self.endpoint_wrappers.push((endpoint.to_string(), Wrapper::handler(layer)));
+        self.endpoint_wrappers
+            .push((endpoint.to_string(), Wrapper::handler(layer)));
         self
     }
 
@@ -121,7 +140,10 @@ impl Server {
 
     /// Serves until SIGINT, SIGTERM or the shutdown future; then deregisters, drains and returns.
     pub async fn serve(mut self) -> Result<()> {
-        let signal = self.shutdown.take().unwrap_or_else(|| Box::pin(terminate_signal()));
+        let signal = self
+            .shutdown
+            .take()
+            .unwrap_or_else(|| Box::pin(terminate_signal()));
         let running = self.start().await?;
         let mut done = running.done.clone();
         tokio::select! {
@@ -133,7 +155,14 @@ impl Server {
 
     /// Binds, starts serving and registering, and returns a handle.
     pub async fn start(mut self) -> Result<RunningServer> {
-        let listener = TcpListener::bind(&self.options.server_address).await.map_err(|e| Error::Server(format!("cannot listen on {}: {e}", self.options.server_address)))?;
+        let listener = TcpListener::bind(&self.options.server_address)
+            .await
+            .map_err(|e| {
+                Error::Server(format!(
+                    "cannot listen on {}: {e}",
+                    self.options.server_address
+                ))
+            })?;
         let local = listener.local_addr()?;
         let advertised = advertised_address(local);
         let endpoints = endpoints_of(&self.pool, &self.names);
@@ -145,17 +174,29 @@ impl Server {
             nodes: vec![Node {
                 id: format!("{}-{:016x}", self.options.server_name, fastrand::u64(..)),
                 address: advertised.to_string(),
-                metadata: [("protocol", "grpc"), ("transport", "grpc"), ("server", "micro-rust")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                metadata: [
+                    ("protocol", "grpc"),
+                    ("transport", "grpc"),
+                    ("server", "micro-rust"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             }],
         };
         let handlers = self.handlers(&service)?;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         for name in &self.names {
-            health_reporter.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+            health_reporter
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
         }
         let routes = self.reflection()?.add_service(health_service);
-        let all = BoxCloneSyncService::new(RouteFirst { handlers, extra: routes.prepare() });
+        let all = BoxCloneSyncService::new(RouteFirst {
+            handlers,
+            extra: routes.prepare(),
+        });
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
@@ -166,21 +207,45 @@ impl Server {
             }
         };
         let serving = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder().serve_with_incoming_shutdown(all, TcpListenerStream::new(listener), graceful).await;
+            let result = tonic::transport::Server::builder()
+                .serve_with_incoming_shutdown(all, TcpListenerStream::new(listener), graceful)
+                .await;
             let _ = done_tx.send(true);
             result.map_err(|e| Error::Server(e.to_string()))
         });
-        let registration = registration::spawn(self.registry.clone(), service.clone(), &self.options, stop_rx).await;
+        let registration = registration::spawn(
+            self.registry.clone(),
+            service.clone(),
+            &self.options,
+            stop_rx,
+        )
+        .await;
         tracing::info!(service = %service.name, node = %service.nodes[0].id, address = %advertised, registry = self.registry.name(), "server started");
-        Ok(RunningServer { service, address: advertised, options: self.options, registry: self.registry, health: health_reporter, names: self.names, stop: stop_tx, done, serving, registration })
+        Ok(RunningServer {
+            service,
+            address: advertised,
+            options: self.options,
+            registry: self.registry,
+            health: health_reporter,
+            names: self.names,
+            stop: stop_tx,
+            done,
+            serving,
+            registration,
+        })
     }
 
     /// The user's handlers with every wrapper applied: endpoint wrappers innermost.
     fn handlers(&mut self, service: &crate::registry::Service) -> Result<HandlerService> {
-        let mut handlers: HandlerService = BoxCloneSyncService::new(std::mem::take(&mut self.routes).prepare());
+        let mut handlers: HandlerService =
+            BoxCloneSyncService::new(std::mem::take(&mut self.routes).prepare());
         for (endpoint, wrapper) in &self.endpoint_wrappers {
             let path = grpc_path(service, endpoint)?;
-            handlers = BoxCloneSyncService::new(OnPath::new(path, wrapper.wrap(handlers.clone()), handlers));
+            handlers = BoxCloneSyncService::new(OnPath::new(
+                path,
+                wrapper.wrap(handlers.clone()),
+                handlers,
+            ));
         }
         Ok(apply(&self.wrappers, handlers))
     }
@@ -192,23 +257,37 @@ impl Server {
             v1 = v1.register_encoded_file_descriptor_set(set);
             v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
         }
-        let v1 = v1.build_v1().map_err(|e| Error::Server(format!("reflection: {e}")))?;
-        let v1alpha = v1alpha.build_v1alpha().map_err(|e| Error::Server(format!("reflection: {e}")))?;
+        let v1 = v1
+            .build_v1()
+            .map_err(|e| Error::Server(format!("reflection: {e}")))?;
+        let v1alpha = v1alpha
+            .build_v1alpha()
+            .map_err(|e| Error::Server(format!("reflection: {e}")))?;
         Ok(Routes::new(v1).add_service(v1alpha))
     }
 }
 
 use tonic::codegen::http;
 
-
 /// The gRPC path of `endpoint` ("Greeter.SayHello" or a path already).
 fn grpc_path(service: &crate::registry::Service, endpoint: &str) -> Result<String> {
-    let found = service.endpoints.iter().find(|e| e.name == endpoint || e.metadata.get("grpc_method").is_some_and(|p| p == endpoint || p.trim_start_matches('/') == endpoint));
+    let found = service.endpoints.iter().find(|e| {
+        e.name == endpoint
+            || e.metadata
+                .get("grpc_method")
+                .is_some_and(|p| p == endpoint || p.trim_start_matches('/') == endpoint)
+    });
     match found.and_then(|e| e.metadata.get("grpc_method")) {
         Some(path) => Ok(path.clone()),
         None => {
             let known: Vec<&str> = service.endpoints.iter().map(|e| e.name.as_str()).collect();
-            Err(Error::invalid("endpoint", format!("the server has no endpoint `{endpoint}` (known: {}); did you add its descriptors?", known.join(", "))))
+            Err(Error::invalid(
+                "endpoint",
+                format!(
+                    "the server has no endpoint `{endpoint}` (known: {}); did you add its descriptors?",
+                    known.join(", ")
+                ),
+            ))
         }
     }
 }
@@ -225,7 +304,7 @@ fn advertised_address(local: SocketAddr) -> SocketAddr {
 async fn terminate_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
@@ -256,12 +335,16 @@ impl Service<http::Request<Body>> for RouteFirst {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let builtin = request.uri().path().starts_with("/grpc.reflection.") || request.uri().path().starts_with("/grpc.health.");
+        let builtin = request.uri().path().starts_with("/grpc.reflection.")
+            || request.uri().path().starts_with("/grpc.health.");
         if builtin {
             let mut extra = self.extra.clone();
             Box::pin(async move { extra.call(request).await })
@@ -316,7 +399,9 @@ impl RunningServer {
             tracing::warn!(node = %node, error = %e, "deregistration failed; the registry drops the node when its TTL lapses");
         }
         for name in &self.names {
-            self.health.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
+            self.health
+                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                .await;
         }
         tracing::info!(node = %node, "deregistered; draining in-flight calls");
         let _ = self.stop.send(true);

@@ -9,7 +9,12 @@ use tokio::task::JoinHandle;
 use crate::options::Options;
 use crate::registry::{Registry, Service};
 
-pub(super) async fn spawn(registry: Arc<dyn Registry>, service: Service, options: &Options, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub(super) async fn spawn(
+    registry: Arc<dyn Registry>,
+    service: Service,
+    options: &Options,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let (ttl, interval) = (options.register_ttl, options.register_interval);
     let mut healthy = register_once(&*registry, &service, ttl, true).await;
     tokio::spawn(async move {
@@ -28,7 +33,12 @@ pub(super) async fn spawn(registry: Arc<dyn Registry>, service: Service, options
     })
 }
 
-async fn register_once(registry: &dyn Registry, service: &Service, ttl: std::time::Duration, was_healthy: bool) -> bool {
+async fn register_once(
+    registry: &dyn Registry,
+    service: &Service,
+    ttl: std::time::Duration,
+    was_healthy: bool,
+) -> bool {
     match registry.register(service, ttl).await {
         Ok(()) => true,
         Err(e) => {

@@ -35,7 +35,11 @@ pub struct Record {
 impl Record {
     /// A record without metadata or expiry.
     pub fn new(key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        Record { key: key.into(), value: value.into(), ..Default::default() }
+        Record {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        }
     }
 
     /// The same record expiring after `ttl`.
@@ -56,21 +60,30 @@ pub struct Namespace {
 
 impl Default for Namespace {
     fn default() -> Self {
-        Namespace { database: DEFAULT_DATABASE.into(), table: DEFAULT_TABLE.into() }
+        Namespace {
+            database: DEFAULT_DATABASE.into(),
+            table: DEFAULT_TABLE.into(),
+        }
     }
 }
 
 impl Namespace {
     /// The namespace `database`/`table`.
     pub fn new(database: impl Into<String>, table: impl Into<String>) -> Self {
-        Namespace { database: database.into(), table: table.into() }
+        Namespace {
+            database: database.into(),
+            table: table.into(),
+        }
     }
 
     /// Checks both names are usable as key segments (non-empty, no `/`).
     pub fn validate(&self) -> Result<()> {
         for (what, name) in [("database", &self.database), ("table", &self.table)] {
             if name.is_empty() || name.contains('/') {
-                return Err(Error::invalid("namespace", format!("{what} name `{name}` is empty or has `/`")));
+                return Err(Error::invalid(
+                    "namespace",
+                    format!("{what} name `{name}` is empty or has `/`"),
+                ));
             }
         }
         Ok(())
@@ -95,7 +108,10 @@ pub struct Query {
 impl Query {
     /// Keys starting with the key given to `read`/`list`.
     pub fn prefix() -> Self {
-        Query { prefix: true, ..Default::default() }
+        Query {
+            prefix: true,
+            ..Default::default()
+        }
     }
 
     /// In namespace `ns`.
@@ -124,12 +140,19 @@ impl Query {
         } else {
             candidate == key
         };
-        head && self.suffix.as_deref().is_none_or(|s| candidate.ends_with(s))
+        head && self
+            .suffix
+            .as_deref()
+            .is_none_or(|s| candidate.ends_with(s))
     }
 
     /// Applies offset and limit to results already in key order.
     pub fn paginate<T>(&self, items: impl IntoIterator<Item = T>) -> Vec<T> {
-        let limit = if self.limit == 0 { usize::MAX } else { self.limit };
+        let limit = if self.limit == 0 {
+            usize::MAX
+        } else {
+            self.limit
+        };
         items.into_iter().skip(self.offset).take(limit).collect()
     }
 }
@@ -156,7 +179,10 @@ pub fn validate_key(key: &str) -> Result<()> {
         return Err(Error::invalid("key", "the key is empty"));
     }
     if key.len() > 1024 {
-        return Err(Error::invalid("key", format!("the key is {} bytes, more than 1024", key.len())));
+        return Err(Error::invalid(
+            "key",
+            format!("the key is {} bytes, more than 1024", key.len()),
+        ));
     }
     Ok(())
 }

@@ -16,7 +16,11 @@ pub struct OnPath<S> {
 impl<S> OnPath<S> {
     /// Routes `path` through `wrapped`, the rest through `plain`.
     pub fn new(path: impl Into<String>, wrapped: S, plain: S) -> Self {
-        OnPath { path: path.into(), wrapped, plain }
+        OnPath {
+            path: path.into(),
+            wrapped,
+            plain,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ mod endpoint;
 pub mod rate_limit;
 
 pub use endpoint::OnPath;
-pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer, grpc_timeout};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +21,8 @@ use tower::{Layer, Service};
 use crate::BoxError;
 
 /// What a server wrapper wraps: the gRPC handlers, as one HTTP service.
-pub type HandlerService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+pub type HandlerService =
+    BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
 
 /// What a client wrapper wraps: a call to a resolved service.
 pub type CallService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
@@ -47,10 +48,16 @@ impl Wrapper<HandlerService> {
     pub fn handler<L>(layer: L) -> Self
     where
         L: Layer<HandlerService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
     {
-        Wrapper(Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))))
+        Wrapper(Arc::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }))
     }
 }
 
@@ -59,15 +66,24 @@ impl Wrapper<CallService> {
     pub fn call<L>(layer: L) -> Self
     where
         L: Layer<CallService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<Body>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
         <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
     {
-        Wrapper(Arc::new(move |inner| BoxCloneSyncService::new(tower::ServiceExt::map_err(layer.layer(inner), Into::into))))
+        Wrapper(Arc::new(move |inner| {
+            BoxCloneSyncService::new(tower::ServiceExt::map_err(layer.layer(inner), Into::into))
+        }))
     }
 }
 
 /// Applies `wrappers` so the first one is outermost.
 pub(crate) fn apply<S>(wrappers: &[Wrapper<S>], service: S) -> S {
-    wrappers.iter().rev().fold(service, |inner, wrapper| wrapper.wrap(inner))
+    wrappers
+        .iter()
+        .rev()
+        .fold(service, |inner, wrapper| wrapper.wrap(inner))
 }

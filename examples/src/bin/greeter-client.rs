@@ -3,14 +3,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use micro_core::options::{Options, ServiceFlags};
 use micro_core::Client;
-use micro_examples::greeter::v1::greeter_client::GreeterClient;
+use micro_core::options::{Options, ServiceFlags};
 use micro_examples::greeter::v1::HelloRequest;
+use micro_examples::greeter::v1::greeter_client::GreeterClient;
 use micro_examples::{catalog, init_tracing};
 
 #[derive(Parser)]
-#[command(name = "greeter-client", about = "Calls the greeter service through the registry")]
+#[command(
+    name = "greeter-client",
+    about = "Calls the greeter service through the registry"
+)]
 struct Cli {
     #[command(flatten)]
     _service: ServiceFlags,
@@ -43,7 +46,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::new(&options, registry);
     let mut greeter = GreeterClient::new(client.channel(&cli.service));
     for _ in 0..cli.count {
-        let reply = greeter.say_hello(HelloRequest { name: cli.name.clone() }).await?;
+        let reply = greeter
+            .say_hello(HelloRequest {
+                name: cli.name.clone(),
+            })
+            .await?;
         println!("{}", reply.into_inner().message);
     }
     Ok(())

@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use micro_core::options::{Options, ServiceFlags};
 use micro_core::Server;
+use micro_core::options::{Options, ServiceFlags};
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::{catalog, greeter, init_tracing, Greeter};
+use micro_examples::{Greeter, catalog, greeter, init_tracing};
 
 #[derive(Parser)]
 #[command(name = "greeter", about = "The greeter service of micro's examples")]
@@ -20,7 +20,9 @@ struct Cli {
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<humantime::Duration>().map(Into::into).map_err(|e| format!("`{text}` is not a duration like 2s: {e}"))
+    text.parse::<humantime::Duration>()
+        .map(Into::into)
+        .map_err(|e| format!("`{text}` is not a duration like 2s: {e}"))
 }
 
 #[tokio::main]
@@ -38,7 +40,10 @@ async fn main() -> ExitCode {
 async fn run() -> micro_core::Result<()> {
     let (options, cli) = Options::new("greeter").load_with::<Cli>()?;
     let registry = catalog().registry(&options).await?;
-    let handler = Greeter { delay: cli.reply_delay.unwrap_or_default(), ..Greeter::default() };
+    let handler = Greeter {
+        delay: cli.reply_delay.unwrap_or_default(),
+        ..Greeter::default()
+    };
     let running = Server::new(options.clone(), registry.clone())
         .descriptors(greeter::DESCRIPTORS)?
         .add_service(GreeterServer::new(handler))

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use micro_core::{Client, Options, Server};
+use micro_examples::greeter::v1::HelloRequest;
 use micro_examples::greeter::v1::greeter_client::GreeterClient;
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::greeter::v1::HelloRequest;
-use micro_examples::{greeter, init_tracing, Greeter};
+use micro_examples::{Greeter, greeter, init_tracing};
 use micro_memory::MemoryRegistry;
 
 #[tokio::main]
@@ -23,7 +23,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let client = Client::new(&options, registry);
     let mut greeter = GreeterClient::new(client.channel("greeter"));
-    let reply = greeter.say_hello(HelloRequest { name: "Alice".into() }).await?;
+    let reply = greeter
+        .say_hello(HelloRequest {
+            name: "Alice".into(),
+        })
+        .await?;
     println!("{}", reply.into_inner().message);
 
     server.stop().await?;

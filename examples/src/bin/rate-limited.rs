@@ -4,14 +4,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use micro_core::Server;
 use micro_core::options::{Options, ServiceFlags};
 use micro_core::wrapper::RateLimitLayer;
-use micro_core::Server;
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::{catalog, greeter, init_tracing, Greeter};
+use micro_examples::{Greeter, catalog, greeter, init_tracing};
 
 #[derive(Parser)]
-#[command(name = "rate-limited", about = "The greeter with SayHello rate limited")]
+#[command(
+    name = "rate-limited",
+    about = "The greeter with SayHello rate limited"
+)]
 struct Cli {
     #[command(flatten)]
     _service: ServiceFlags,
@@ -41,9 +44,17 @@ async fn run() -> micro_core::Result<()> {
     let running = Server::new(options, registry)
         .descriptors(greeter::DESCRIPTORS)?
         .add_service(GreeterServer::new(Greeter::default()))
-        .wrap_endpoint("Greeter.SayHello", RateLimitLayer::per_second(cli.rate).burst(cli.burst))
+        .wrap_endpoint(
+            "Greeter.SayHello",
+            RateLimitLayer::per_second(cli.rate).burst(cli.burst),
+        )
         .start()
         .await?;
-    println!("rate-limited: SayHello limited to {}/s (burst {}) on {}", cli.rate, cli.burst, running.address());
+    println!(
+        "rate-limited: SayHello limited to {}/s (burst {}) on {}",
+        cli.rate,
+        cli.burst,
+        running.address()
+    );
     running.stop_on_signal().await
 }

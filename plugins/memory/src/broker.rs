@@ -48,7 +48,9 @@ impl Inner {
     /// Hands `message` to every broadcast subscriber and one member of each queue group; with
     /// `only` set, to that subscriber or group alone (a redelivery).
     fn dispatch(&mut self, topic: &str, message: &Message, attempt: u32, only: Option<&Target>) {
-        let Some(subscribers) = self.topics.get(topic) else { return };
+        let Some(subscribers) = self.topics.get(topic) else {
+            return;
+        };
         let mut groups: HashMap<&str, Vec<&Subscriber>> = HashMap::new();
         let mut sends = Vec::new();
         for sub in subscribers {
@@ -56,19 +58,27 @@ impl Inner {
                 (None, None) => sends.push(&sub.sender),
                 (None, Some(Target::Subscriber(id))) if *id == sub.id => sends.push(&sub.sender),
                 (Some(queue), None) => groups.entry(queue).or_default().push(sub),
-                (Some(queue), Some(Target::Group(group))) if queue == group => groups.entry(queue).or_default().push(sub),
+                (Some(queue), Some(Target::Group(group))) if queue == group => {
+                    groups.entry(queue).or_default().push(sub)
+                }
                 _ => {}
             }
         }
         let mut chosen = Vec::new();
         for (queue, members) in groups {
-            let turn = self.turns.entry((topic.to_string(), queue.to_string())).or_default();
+            let turn = self
+                .turns
+                .entry((topic.to_string(), queue.to_string()))
+                .or_default();
             chosen.push(members[*turn % members.len()].sender.clone());
             *turn = turn.wrapping_add(1);
         }
         for sender in sends.into_iter().cloned().chain(chosen) {
             // A closed sender is a subscriber unsubscribing right now; its group mates remain.
-            let _ = sender.send(Delivery { message: message.clone(), attempt });
+            let _ = sender.send(Delivery {
+                message: message.clone(),
+                attempt,
+            });
         }
     }
 }
@@ -90,7 +100,9 @@ impl MemoryBroker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -108,7 +120,12 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn subscribe(&self, topic: &str, handler: Handler, options: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+    async fn subscribe(
+        &self,
+        topic: &str,
+        handler: Handler,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>> {
         if topic.is_empty() {
             return Err(Error::invalid("topic", "the topic is empty"));
         }
@@ -117,30 +134,62 @@ impl Broker for MemoryBroker {
             let mut inner = self.lock();
             inner.next_id += 1;
             let id = inner.next_id;
-            inner.topics.entry(topic.to_string()).or_default().push(Subscriber { id, queue: options.queue.clone(), sender });
+            inner
+                .topics
+                .entry(topic.to_string())
+                .or_default()
+                .push(Subscriber {
+                    id,
+                    queue: options.queue.clone(),
+                    sender,
+                });
             id
         };
         let target = match options.queue {
             Some(queue) => Target::Group(queue),
             None => Target::Subscriber(id),
         };
-        tokio::spawn(run_subscriber(Arc::downgrade(&self.inner), topic.to_string(), target, handler, receiver));
-        Ok(Box::new(MemorySubscription { broker: self.clone(), topic: topic.to_string(), id }))
+        tokio::spawn(run_subscriber(
+            Arc::downgrade(&self.inner),
+            topic.to_string(),
+            target,
+            handler,
+            receiver,
+        ));
+        Ok(Box::new(MemorySubscription {
+            broker: self.clone(),
+            topic: topic.to_string(),
+            id,
+        }))
     }
 }
 
-async fn run_subscriber(broker: Weak<Mutex<Inner>>, topic: String, target: Target, handler: Handler, mut receiver: mpsc::UnboundedReceiver<Delivery>) {
+async fn run_subscriber(
+    broker: Weak<Mutex<Inner>>,
+    topic: String,
+    target: Target,
+    handler: Handler,
+    mut receiver: mpsc::UnboundedReceiver<Delivery>,
+) {
     while let Some(Delivery { message, attempt }) = receiver.recv().await {
-        let outcome = AssertUnwindSafe(handler(message.clone())).catch_unwind().await;
+        let outcome = AssertUnwindSafe(handler(message.clone()))
+            .catch_unwind()
+            .await;
         let error = match outcome {
             Ok(Ok(())) => continue,
             Ok(Err(error)) => error.to_string(),
             Err(_) => "the handler panicked".to_string(),
         };
-        let Some(broker) = broker.upgrade() else { return };
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
         if attempt >= MAX_ATTEMPTS {
             tracing::error!(%topic, attempt, %error, "message dead-lettered after {MAX_ATTEMPTS} failed deliveries");
-            broker.lock().unwrap_or_else(|p| p.into_inner()).dead_letters.push((topic.clone(), message));
+            broker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .dead_letters
+                .push((topic.clone(), message));
             continue;
         }
         tracing::warn!(%topic, attempt, %error, "handler failed; redelivering");
@@ -151,7 +200,12 @@ async fn run_subscriber(broker: Weak<Mutex<Inner>>, topic: String, target: Targe
         };
         tokio::spawn(async move {
             tokio::time::sleep(BACKOFF * attempt).await;
-            broker.lock().unwrap_or_else(|p| p.into_inner()).dispatch(&topic, &message, attempt + 1, Some(&target));
+            broker.lock().unwrap_or_else(|p| p.into_inner()).dispatch(
+                &topic,
+                &message,
+                attempt + 1,
+                Some(&target),
+            );
         });
     }
 }

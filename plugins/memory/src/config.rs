@@ -3,8 +3,10 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use micro_core::config::{delete_path, get_path, set_path, split_path, Config, ConfigWatcher, WatchHub};
 use micro_core::Result;
+use micro_core::config::{
+    Config, ConfigWatcher, WatchHub, delete_path, get_path, set_path, split_path,
+};
 use serde_json::Value;
 
 /// In-process [`Config`]. Clones share the same tree.
@@ -32,7 +34,12 @@ impl MemoryConfig {
 
     /// A tree starting as `tree`.
     pub fn from_value(tree: Value) -> Self {
-        MemoryConfig { inner: Arc::new(Inner { tree: Mutex::new(tree), hub: WatchHub::default() }) }
+        MemoryConfig {
+            inner: Arc::new(Inner {
+                tree: Mutex::new(tree),
+                hub: WatchHub::default(),
+            }),
+        }
     }
 
     fn change(&self, apply: impl FnOnce(&mut Value)) {
@@ -51,7 +58,11 @@ impl Config for MemoryConfig {
 
     async fn get(&self, path: &str) -> Result<Option<Value>> {
         let segments = split_path(path)?;
-        Ok(get_path(&self.inner.tree.lock().unwrap_or_else(|p| p.into_inner()), &segments).cloned())
+        Ok(get_path(
+            &self.inner.tree.lock().unwrap_or_else(|p| p.into_inner()),
+            &segments,
+        )
+        .cloned())
     }
 
     async fn set(&self, path: &str, value: Value) -> Result<()> {

@@ -21,7 +21,7 @@ mod config;
 mod registry;
 mod store;
 
-pub use broker::{MemoryBroker, MAX_ATTEMPTS};
+pub use broker::{MAX_ATTEMPTS, MemoryBroker};
 pub use config::MemoryConfig;
 pub use registry::MemoryRegistry;
 pub use store::MemoryStore;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use micro_core::registry::{merge_nodes, Event, EventKind, Registry, Service, Watcher};
 use micro_core::Result;
+use micro_core::registry::{Event, EventKind, Registry, Service, Watcher, merge_nodes};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -35,12 +35,22 @@ impl Inner {
             if filter.as_ref().is_some_and(|f| *f != service.name) {
                 return !sender.is_closed();
             }
-            sender.send(Ok(Event { kind, service: service.clone() })).is_ok()
+            sender
+                .send(Ok(Event {
+                    kind,
+                    service: service.clone(),
+                }))
+                .is_ok()
         });
     }
 
     fn reap(&mut self, now: Instant) {
-        let lapsed: Vec<_> = self.nodes.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(k, _)| k.clone()).collect();
+        let lapsed: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in lapsed {
             if let Some((record, _)) = self.nodes.remove(&key) {
                 tracing::debug!(service = %record.name, node = %key.2, "node TTL lapsed");
@@ -57,7 +67,9 @@ impl MemoryRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts the reaper on first use; it ends when the last clone of the registry is dropped.
@@ -72,7 +84,10 @@ impl MemoryRegistry {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                inner.lock().unwrap_or_else(|p| p.into_inner()).reap(Instant::now());
+                inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reap(Instant::now());
             }
         });
     }
@@ -80,7 +95,11 @@ impl MemoryRegistry {
     fn live(&self) -> Vec<Service> {
         let mut inner = self.lock();
         inner.reap(Instant::now());
-        inner.nodes.values().map(|(record, _)| record.clone()).collect()
+        inner
+            .nodes
+            .values()
+            .map(|(record, _)| record.clone())
+            .collect()
     }
 }
 
@@ -97,7 +116,11 @@ impl Registry for MemoryRegistry {
         self.ensure_reaper(&mut inner);
         for node in &service.nodes {
             let record = service.with_node(node.clone());
-            let key = (service.name.clone(), service.version.clone(), node.id.clone());
+            let key = (
+                service.name.clone(),
+                service.version.clone(),
+                node.id.clone(),
+            );
             let previous = inner.nodes.insert(key, (record.clone(), deadline));
             match previous {
                 None => inner.notify(EventKind::Create, record),
@@ -111,7 +134,11 @@ impl Registry for MemoryRegistry {
     async fn deregister(&self, service: &Service) -> Result<()> {
         let mut inner = self.lock();
         for node in &service.nodes {
-            let key = (service.name.clone(), service.version.clone(), node.id.clone());
+            let key = (
+                service.name.clone(),
+                service.version.clone(),
+                node.id.clone(),
+            );
             if let Some((record, _)) = inner.nodes.remove(&key) {
                 inner.notify(EventKind::Delete, record);
             }
@@ -120,7 +147,9 @@ impl Registry for MemoryRegistry {
     }
 
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
-        Ok(merge_nodes(self.live().into_iter().filter(|s| s.name == name)))
+        Ok(merge_nodes(
+            self.live().into_iter().filter(|s| s.name == name),
+        ))
     }
 
     async fn list_services(&self) -> Result<Vec<Service>> {
@@ -136,6 +165,8 @@ impl Registry for MemoryRegistry {
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut receiver: mpsc::UnboundedReceiver<T>) -> futures::stream::BoxStream<'static, T> {
+fn tokio_stream_from<T: Send + 'static>(
+    mut receiver: mpsc::UnboundedReceiver<T>,
+) -> futures::stream::BoxStream<'static, T> {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
 }

@@ -27,7 +27,11 @@ impl RateLimitLayer {
 
     /// The same rate with a burst of `burst` calls (raised to 1 when 0).
     pub fn burst(self, burst: u32) -> Self {
-        Self::with_quota(self.per_second, NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN), self.max_wait)
+        Self::with_quota(
+            self.per_second,
+            NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
+            self.max_wait,
+        )
     }
 
     /// Over the limit, wait up to `max` (and never past the call's deadline) instead of
@@ -39,7 +43,11 @@ impl RateLimitLayer {
 
     fn with_quota(per_second: NonZeroU32, burst: NonZeroU32, max_wait: Option<Duration>) -> Self {
         let quota = Quota::per_second(per_second).allow_burst(burst);
-        RateLimitLayer { limiter: Arc::new(RateLimiter::direct(quota)), per_second, max_wait }
+        RateLimitLayer {
+            limiter: Arc::new(RateLimiter::direct(quota)),
+            per_second,
+            max_wait,
+        }
     }
 }
 
@@ -47,6 +55,11 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, self.limiter.clone(), self.per_second.get(), self.max_wait)
+        RateLimit::new(
+            inner,
+            self.limiter.clone(),
+            self.per_second.get(),
+            self.max_wait,
+        )
     }
 }

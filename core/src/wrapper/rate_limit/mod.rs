@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use governor::RateLimiter;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::{InMemoryState, NotKeyed};
-use governor::RateLimiter;
 use tower::Service;
 
 pub(crate) type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
@@ -30,7 +30,12 @@ pub struct RateLimit<S> {
 
 impl<S> RateLimit<S> {
     fn new(inner: S, limiter: Arc<Limiter>, per_second: u32, max_wait: Option<Duration>) -> Self {
-        RateLimit { inner, limiter, per_second, max_wait }
+        RateLimit {
+            inner,
+            limiter,
+            per_second,
+            max_wait,
+        }
     }
 }
 
@@ -55,7 +60,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         let per_second = self.per_second;
-        let budget = self.max_wait.map(|max| grpc_timeout(request.headers()).map_or(max, |d| d.min(max)));
+        let budget = self
+            .max_wait
+            .map(|max| grpc_timeout(request.headers()).map_or(max, |d| d.min(max)));
         Box::pin(async move {
             let mut waited = Duration::ZERO;
             loop {
@@ -83,7 +90,7 @@ where
 }
 
 /// The deadline a gRPC client sent (`grpc-timeout: 100m`), if any.
-pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
@@ -105,7 +112,14 @@ mod tests {
     #[test]
     fn parses_grpc_timeouts() {
         let mut headers = http::HeaderMap::new();
-        for (value, want) in [("100m", Some(Duration::from_millis(100))), ("2S", Some(Duration::from_secs(2))), ("1H", Some(Duration::from_secs(3600))), ("5x", None), ("", None), ("m", None)] {
+        for (value, want) in [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5x", None),
+            ("", None),
+            ("m", None),
+        ] {
             headers.insert("grpc-timeout", value.parse().unwrap());
             assert_eq!(grpc_timeout(&headers), want, "{value}");
         }

@@ -1,0 +1,66 @@
+//! A tonic codec for messages known only at run time.
+
+use prost::Message;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// Encodes any [`DynamicMessage`]; decodes replies as `response`.
+#[derive(Clone)]
+pub(crate) struct DynamicCodec {
+    response: MessageDescriptor,
+}
+
+impl DynamicCodec {
+    /// A codec whose replies are `response` messages.
+    pub(crate) fn new(response: MessageDescriptor) -> Self {
+        DynamicCodec { response }
+    }
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder(self.response.clone())
+    }
+}
+
+/// Encoder half of [`DynamicCodec`].
+pub(crate) struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))
+    }
+}
+
+/// Decoder half of [`DynamicCodec`].
+pub(crate) struct DynamicDecoder(MessageDescriptor);
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
+        DynamicMessage::decode(self.0.clone(), src)
+            .map(Some)
+            .map_err(|e| {
+                Status::internal(format!(
+                    "the reply is not a valid {}: {e}",
+                    self.0.full_name()
+                ))
+            })
+    }
+}

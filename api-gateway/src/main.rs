@@ -1,0 +1,56 @@
+//! `micro-gateway`: see `micro-gateway --help`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use micro_core::Catalog;
+use micro_gateway::{Gateway, GatewayOptions};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("micro-gateway: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> micro_core::Result<()> {
+    let options = GatewayOptions::load()?;
+    let mut catalog = Catalog::new();
+    micro_memory::install(&mut catalog);
+    micro_remote::install(&mut catalog);
+    let registry: Arc<dyn micro_core::Registry> = catalog.registry(&options.service).await?;
+    let registry_name = registry.name().to_string();
+    let running = Gateway::new(options, registry).start().await?;
+    println!(
+        "micro-gateway listening on http://{} (registry {registry_name}, served on {})",
+        running.http_address(),
+        running.registry_address()
+    );
+    shutdown_signal().await;
+    running.stop().await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

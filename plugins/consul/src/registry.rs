@@ -1,0 +1,639 @@
+//! [`Registry`] on the Consul agent API: one Consul service instance per micro node, a TTL check
+//! per instance, reads through `/v1/health/service/<name>?passing`, watches through blocking
+//! queries.
+//!
+//! ## Mapping
+//!
+//! | micro                      | Consul service registration                              |
+//! |----------------------------|----------------------------------------------------------|
+//! | `node.id`                  | `ID` (and the check `service:<ID>`)                      |
+//! | `service.name`             | `Name`                                                   |
+//! | `node.address` `host:port` | `Address`, `Port`                                        |
+//! | `service.version`          | `Meta.micro_version` (for people and filters)            |
+//! | the whole per-node record  | tag `micro-service=<JSON>` in go-micro's field names     |
+//! | "this is a micro service"  | tag `micro`                                              |
+//!
+//! The record tag lets `get_service` rebuild exactly what was registered (metadata, endpoints,
+//! node metadata: Consul `Meta` keys cannot hold arbitrary names, and values stop at 512
+//! characters). Instances without the tag (registered by something else) are still returned,
+//! rebuilt from `ID`, `Address`/`Port` (or the node's address when `Service.Address` is empty)
+//! and `Meta.micro_version`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use http::{Method, StatusCode};
+use micro_core::registry::{Event, EventKind, Node, Registry, Service, Watcher, merge_nodes};
+use micro_core::{Error, Result};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::NAME;
+use crate::http::{ConsulHttp, blocking_timeout, encode_path, go_duration, next_index};
+
+/// The tag every micro instance carries.
+pub const MICRO_TAG: &str = "micro";
+/// The prefix of the tag holding the per-node record as JSON.
+pub const RECORD_TAG_PREFIX: &str = "micro-service=";
+/// The `Meta` key holding the version.
+pub const VERSION_META: &str = "micro_version";
+
+/// `DeregisterCriticalServiceAfter` has a one minute minimum (agent/service API docs).
+const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+/// At most one blocking query per this interval per watched resource (features/blocking:
+/// "rate limit the loop").
+const MIN_QUERY_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest pause between failed attempts of a watch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The `wait` of blocking queries unless set with [`ConsulRegistry::with_wait`].
+pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// A [`Registry`] backed by a Consul agent's HTTP API.
+pub struct ConsulRegistry {
+    http: ConsulHttp,
+    wait: Duration,
+    /// What this client last registered per node id: an unchanged registration is refreshed
+    /// with `/v1/agent/check/pass` instead of registering again.
+    registered: Mutex<HashMap<String, String>>,
+}
+
+impl ConsulRegistry {
+    /// A registry talking to the agent at `address` (default `127.0.0.1:8500`) with the token
+    /// from `CONSUL_HTTP_TOKEN`, if set.
+    pub fn new(address: Option<&str>) -> Result<Self> {
+        Self::with_token(address, ConsulHttp::token_from_env())
+    }
+
+    /// A registry talking to the agent at `address` with an explicit ACL token.
+    pub fn with_token(address: Option<&str>, token: Option<String>) -> Result<Self> {
+        Ok(ConsulRegistry {
+            http: ConsulHttp::new("registry", address, token)?,
+            wait: DEFAULT_WAIT,
+            registered: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets the `wait` of the blocking queries behind watches (at most 10 minutes).
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait.clamp(Duration::from_secs(1), Duration::from_secs(600));
+        self
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn register_node(&self, service: &Service, node: &Node, ttl: Duration) -> Result<()> {
+        let body = registration(service, node, ttl)?;
+        let unchanged = self.remembered().get(&node.id) == Some(&body);
+        if unchanged {
+            // agent/check: PUT /v1/agent/check/pass/:check_id. Unknown check: 404 (older
+            // agents: 500 "does not have associated TTL"); either way, register again.
+            let path = format!("/v1/agent/check/pass/{}", encode_path(&check_id(&node.id)));
+            let reply = self.http.call(Method::PUT, &path, None, None).await?;
+            if reply.status.is_success() {
+                return Ok(());
+            }
+            let status = reply.status;
+            if status != StatusCode::NOT_FOUND && status != StatusCode::INTERNAL_SERVER_ERROR {
+                self.http.ensure_ok(&Method::PUT, &path, reply)?;
+                return Ok(());
+            }
+            tracing::debug!(node = %node.id, %status, "consul check unknown, registering again");
+        }
+        let path = "/v1/agent/service/register";
+        self.http
+            .call_ok(Method::PUT, path, Some(Bytes::from(body.clone())))
+            .await?;
+        self.remembered().insert(node.id.clone(), body);
+        Ok(())
+    }
+
+    /// The live instances of `name` as per-node records, and the `X-Consul-Index`.
+    async fn instances(&self, name: &str, index: u64) -> Result<(BTreeMap<String, Service>, u64)> {
+        instances(&self.http, name, index, self.wait).await
+    }
+
+    /// Service names carrying the micro tag, and the `X-Consul-Index`.
+    async fn micro_names(&self, index: u64) -> Result<(Vec<String>, u64)> {
+        micro_names(&self.http, index, self.wait).await
+    }
+}
+
+fn check_id(node_id: &str) -> String {
+    format!("service:{node_id}")
+}
+
+/// The body of `PUT /v1/agent/service/register` for one node (agent/service API docs,
+/// "Register Service"; the check is a TTL check that starts `passing`).
+fn registration(service: &Service, node: &Node, ttl: Duration) -> Result<String> {
+    let ttl = ttl.max(Duration::from_secs(1));
+    let record = serde_json::to_string(&service.with_node(node.clone()))
+        .map_err(|e| Error::invalid("service", format!("cannot encode `{}`: {e}", service.name)))?;
+    let (host, port) = split_address(&node.address);
+    let mut meta = serde_json::Map::new();
+    if service.version.chars().count() <= 512 {
+        meta.insert(VERSION_META.into(), json!(service.version));
+    }
+    let body = json!({
+        "ID": node.id,
+        "Name": service.name,
+        "Tags": [MICRO_TAG, format!("{RECORD_TAG_PREFIX}{record}")],
+        "Address": host,
+        "Port": port,
+        "Meta": meta,
+        "Check": {
+            "CheckID": check_id(&node.id),
+            "Name": format!("micro TTL of {}", node.id),
+            "TTL": go_duration(ttl),
+            "Status": "passing",
+            "DeregisterCriticalServiceAfter": go_duration((ttl * 3).max(MIN_DEREGISTER_AFTER)),
+        },
+    });
+    Ok(body.to_string())
+}
+
+/// `host:port` into Consul's `Address` and `Port`; an address without a usable port is kept
+/// whole with port 0.
+fn split_address(address: &str) -> (String, u16) {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+            Ok(port) => (
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                port,
+            ),
+            Err(_) => (address.to_string(), 0),
+        },
+        _ => (address.to_string(), 0),
+    }
+}
+
+fn join_address(host: &str, port: u16) -> String {
+    if port == 0 {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// One entry of `/v1/health/service/<name>` (health API docs, "List Service Instances for
+/// Service"): `{Node, Service, Checks}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: HealthNode,
+    service: InstanceService,
+    #[serde(default)]
+    checks: Option<Vec<HealthCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthNode {
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InstanceService {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    #[serde(default)]
+    status: String,
+}
+
+/// The micro record of one health entry; `None` when a check is critical (go-micro dropped
+/// those on the client side too).
+fn record_of(entry: HealthEntry) -> Option<Service> {
+    let checks = entry.checks.unwrap_or_default();
+    if checks.iter().any(|c| c.status == "critical") {
+        return None;
+    }
+    let svc = entry.service;
+    let tags = svc.tags.unwrap_or_default();
+    let tagged = tags
+        .iter()
+        .find_map(|t| t.strip_prefix(RECORD_TAG_PREFIX))
+        .and_then(|json| match serde_json::from_str::<Service>(json) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::warn!(instance = %svc.id, "consul: unreadable micro record tag, rebuilding from the registration: {e}");
+                None
+            }
+        });
+    if let Some(mut record) = tagged
+        && record.nodes.len() == 1
+    {
+        record.name = svc.service;
+        record.nodes[0].id = svc.id;
+        return Some(record);
+    }
+    // Empty Service.Address means "use the node's address" (health API docs).
+    let host = if svc.address.is_empty() {
+        entry.node.address
+    } else {
+        svc.address
+    };
+    let meta = svc.meta.unwrap_or_default();
+    Some(Service {
+        name: svc.service,
+        version: meta.get(VERSION_META).cloned().unwrap_or_default(),
+        nodes: vec![Node {
+            id: svc.id,
+            address: join_address(&host, svc.port),
+            metadata: BTreeMap::new(),
+        }],
+        ..Default::default()
+    })
+}
+
+async fn instances(
+    http: &ConsulHttp,
+    name: &str,
+    index: u64,
+    wait: Duration,
+) -> Result<(BTreeMap<String, Service>, u64)> {
+    let mut path = format!("/v1/health/service/{}?passing", encode_path(name));
+    let timeout = if index > 0 {
+        path.push_str(&format!("&index={index}&wait={}", go_duration(wait)));
+        Some(blocking_timeout(wait))
+    } else {
+        None
+    };
+    let reply = http.call(Method::GET, &path, None, timeout).await?;
+    let reply = http.ensure_ok(&Method::GET, &path, reply)?;
+    let entries: Vec<HealthEntry> = http.decode(&path, &reply)?;
+    let records = entries
+        .into_iter()
+        .filter(|e| e.service.service == name)
+        .filter_map(record_of)
+        .map(|r| (r.nodes[0].id.clone(), r))
+        .collect();
+    Ok((records, next_index(index, reply.index)))
+}
+
+async fn micro_names(http: &ConsulHttp, index: u64, wait: Duration) -> Result<(Vec<String>, u64)> {
+    let mut path = "/v1/catalog/services".to_string();
+    let timeout = if index > 0 {
+        path.push_str(&format!("?index={index}&wait={}", go_duration(wait)));
+        Some(blocking_timeout(wait))
+    } else {
+        None
+    };
+    let reply = http.call(Method::GET, &path, None, timeout).await?;
+    let reply = http.ensure_ok(&Method::GET, &path, reply)?;
+    let services: BTreeMap<String, Option<Vec<String>>> = http.decode(&path, &reply)?;
+    let names = services
+        .into_iter()
+        .filter(|(_, tags)| tags.iter().flatten().any(|t| t == MICRO_TAG))
+        .map(|(name, _)| name)
+        .collect();
+    Ok((names, next_index(index, reply.index)))
+}
+
+#[async_trait]
+impl Registry for ConsulRegistry {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn register(&self, service: &Service, ttl: Duration) -> Result<()> {
+        service.validate()?;
+        for node in &service.nodes {
+            self.register_node(service, node, ttl).await?;
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, service: &Service) -> Result<()> {
+        for node in &service.nodes {
+            self.remembered().remove(&node.id);
+            // agent/service: PUT /v1/agent/service/deregister/:service_id; unknown id is 404,
+            // which means the node is already gone.
+            let path = format!("/v1/agent/service/deregister/{}", encode_path(&node.id));
+            let reply = self.http.call(Method::PUT, &path, None, None).await?;
+            if reply.status != StatusCode::NOT_FOUND {
+                self.http.ensure_ok(&Method::PUT, &path, reply)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
+        let (records, _) = self.instances(name, 0).await?;
+        Ok(merge_nodes(records.into_values()))
+    }
+
+    async fn list_services(&self) -> Result<Vec<Service>> {
+        let (names, _) = self.micro_names(0).await?;
+        let lookups = names.iter().map(|name| self.instances(name, 0));
+        let mut services = Vec::new();
+        for result in futures::future::join_all(lookups).await {
+            services.extend(merge_nodes(result?.0.into_values()));
+        }
+        Ok(services)
+    }
+
+    async fn watch(&self, service: Option<&str>) -> Result<Watcher> {
+        let (sender, receiver) = mpsc::channel(256);
+        let (http, wait) = (self.http.clone(), self.wait);
+        let task = match service {
+            Some(name) => {
+                let (known, index) = self.instances(name, 0).await?;
+                let name = name.to_string();
+                tokio::spawn(watch_service(http, wait, name, known, index, sender))
+            }
+            None => {
+                let (names, index) = self.micro_names(0).await?;
+                let mut initial = Vec::new();
+                for name in names {
+                    let (known, service_index) = self.instances(&name, 0).await?;
+                    initial.push((name, known, service_index));
+                }
+                tokio::spawn(watch_all(http, wait, initial, index, sender))
+            }
+        };
+        Ok(Box::pin(WatchStream { receiver, task }))
+    }
+}
+
+/// A watcher's events; dropping it aborts the task (and the tasks it spawned) feeding it.
+struct WatchStream {
+    receiver: mpsc::Receiver<Result<Event>>,
+    task: JoinHandle<()>,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<Event>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Paces a blocking-query loop: at most one query per [`MIN_QUERY_INTERVAL`], and exponential
+/// backoff after failures. The first failure of a streak is only logged (a cut connection, an
+/// agent restart); later ones are also reported to the watcher, which keeps going.
+struct Pace {
+    last: Option<Instant>,
+    failures: u32,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            last: None,
+            failures: 0,
+        }
+    }
+
+    async fn before_query(&mut self) {
+        if let Some(last) = self.last {
+            tokio::time::sleep_until(last + MIN_QUERY_INTERVAL).await;
+        }
+        self.last = Some(Instant::now());
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Records a failure; returns whether to report it, after pausing.
+    async fn failed(&mut self, what: &str, error: &Error) -> bool {
+        self.failures += 1;
+        tracing::warn!(
+            failures = self.failures,
+            "consul watch of {what}: {error}; retrying"
+        );
+        let backoff = Duration::from_millis(250)
+            .saturating_mul(1 << self.failures.min(5))
+            .min(MAX_BACKOFF);
+        tokio::time::sleep(backoff).await;
+        self.failures > 1
+    }
+}
+
+/// Follows `/v1/health/service/<name>?passing` with blocking queries, sending one event per
+/// node that appeared, changed or went away. Ends when the watcher is dropped.
+async fn watch_service(
+    http: ConsulHttp,
+    wait: Duration,
+    name: String,
+    mut known: BTreeMap<String, Service>,
+    mut index: u64,
+    sender: mpsc::Sender<Result<Event>>,
+) {
+    let mut pace = Pace::new();
+    loop {
+        pace.before_query().await;
+        match instances(&http, &name, index, wait).await {
+            Ok((now, next)) => {
+                pace.succeeded();
+                for event in diff(&known, &now) {
+                    if sender.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                known = now;
+                index = next;
+            }
+            Err(error) => {
+                if pace.failed(&name, &error).await && sender.send(Err(error)).await.is_err() {
+                    return;
+                }
+                if sender.is_closed() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Follows `/v1/catalog/services` with blocking queries and runs a [`watch_service`] for every
+/// micro service seen: go-micro could not watch everything; this can.
+async fn watch_all(
+    http: ConsulHttp,
+    wait: Duration,
+    initial: Vec<(String, BTreeMap<String, Service>, u64)>,
+    mut index: u64,
+    sender: mpsc::Sender<Result<Event>>,
+) {
+    let mut watched = JoinSet::new();
+    let mut names = std::collections::BTreeSet::new();
+    for (name, known, service_index) in initial {
+        names.insert(name.clone());
+        let task = watch_service(
+            http.clone(),
+            wait,
+            name,
+            known,
+            service_index,
+            sender.clone(),
+        );
+        watched.spawn(task);
+    }
+    let mut pace = Pace::new();
+    loop {
+        pace.before_query().await;
+        match micro_names(&http, index, wait).await {
+            Ok((now, next)) => {
+                pace.succeeded();
+                for name in now {
+                    if names.insert(name.clone()) {
+                        // A service first seen now: every node it has is new to the watcher.
+                        let task = watch_service(
+                            http.clone(),
+                            wait,
+                            name,
+                            BTreeMap::new(),
+                            0,
+                            sender.clone(),
+                        );
+                        watched.spawn(task);
+                    }
+                }
+                index = next;
+            }
+            Err(error) => {
+                if pace.failed("all services", &error).await
+                    && sender.send(Err(error)).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if sender.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Events turning `before` into `after`, in node id order within each kind: deletes, then
+/// creates and updates.
+fn diff(before: &BTreeMap<String, Service>, after: &BTreeMap<String, Service>) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (id, record) in before {
+        if !after.contains_key(id) {
+            events.push(Event {
+                kind: EventKind::Delete,
+                service: record.clone(),
+            });
+        }
+    }
+    for (id, record) in after {
+        let kind = match before.get(id) {
+            None => EventKind::Create,
+            Some(old) if old != record => EventKind::Update,
+            Some(_) => continue,
+        };
+        events.push(Event {
+            kind,
+            service: record.clone(),
+        });
+    }
+    events
+}
+
+/// Shared constructor used by [`crate::install`].
+pub(crate) fn build(address: Option<&str>) -> Result<Arc<dyn Registry>> {
+    Ok(Arc::new(ConsulRegistry::new(address)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> Service {
+        Service {
+            name: "greeter".into(),
+            version: "1.0.0".into(),
+            metadata: [("team".to_string(), "a".to_string())].into(),
+            nodes: vec![Node {
+                id: "greeter-1".into(),
+                address: "10.0.0.1:50051".into(),
+                metadata: [("protocol".to_string(), "grpc".to_string())].into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registration_round_trips_through_a_health_entry() {
+        let svc = service();
+        let body = registration(&svc, &svc.nodes[0], Duration::from_secs(2)).unwrap();
+        let reg: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(reg["Address"], "10.0.0.1");
+        assert_eq!(reg["Port"], 50051);
+        assert_eq!(reg["Check"]["TTL"], "2s");
+        assert_eq!(reg["Check"]["DeregisterCriticalServiceAfter"], "60s");
+        let entry = json!({
+            "Node": {"Address": "10.0.0.9"},
+            "Service": {"ID": reg["ID"], "Service": reg["Name"], "Tags": reg["Tags"],
+                        "Address": reg["Address"], "Port": reg["Port"], "Meta": reg["Meta"]},
+            "Checks": [{"CheckID": "serfHealth", "Status": "passing"}],
+        });
+        let entry: HealthEntry = serde_json::from_value(entry).unwrap();
+        assert_eq!(record_of(entry), Some(svc));
+    }
+
+    #[test]
+    fn foreign_instances_use_the_node_address_and_critical_ones_are_dropped() {
+        let entry = |status: &str| {
+            serde_json::from_value::<HealthEntry>(json!({
+                "Node": {"Address": "10.0.0.9"},
+                "Service": {"ID": "web-1", "Service": "web", "Tags": null, "Address": "",
+                            "Port": 80, "Meta": {"micro_version": "2"}},
+                "Checks": [{"Status": status}],
+            }))
+            .unwrap()
+        };
+        let record = record_of(entry("passing")).unwrap();
+        assert_eq!(record.version, "2");
+        assert_eq!(record.nodes[0].address, "10.0.0.9:80");
+        assert!(record_of(entry("critical")).is_none());
+    }
+
+    #[test]
+    fn addresses_split_and_join() {
+        assert_eq!(split_address("h:1"), ("h".to_string(), 1));
+        assert_eq!(split_address("[::1]:8"), ("::1".to_string(), 8));
+        assert_eq!(split_address("unix-socket"), ("unix-socket".to_string(), 0));
+        assert_eq!(join_address("::1", 8), "[::1]:8");
+    }
+}
