@@ -60,6 +60,10 @@ use crate::metrics::Metrics;
 use crate::route::Target;
 use crate::schema::Schemas;
 
+/// Largest total of request header names and values; more is 431. (Far larger header blocks are
+/// refused by hyper itself, without the JSON body.)
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// How often idle clients are forgotten by the per-client rate limiter.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
@@ -257,6 +261,10 @@ async fn handle(
     request: Request,
     labels: &mut (String, String),
 ) -> Result<Response, ApiError> {
+    let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, tonic::Code::InvalidArgument, format!("the request headers are {header_bytes} bytes, more than {MAX_HEADER_BYTES}")));
+    }
     if request.method() == Method::OPTIONS {
         return preflight(&state.cors, request.headers());
     }

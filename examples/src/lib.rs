@@ -13,7 +13,7 @@ use std::time::Duration;
 use micro_core::Catalog;
 use tonic::{Request, Response, Status};
 
-/// Generated code and descriptors of `proto/greeter/v1/greeter.proto`.
+/// Generated code and descriptors of `proto/greeter/{v1,v2}/greeter.proto`.
 pub mod greeter {
     /// Package `greeter.v1`.
     #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -21,9 +21,19 @@ pub mod greeter {
         tonic::include_proto!("greeter.v1");
     }
 
-    /// The encoded `FileDescriptorSet` of the greeter protos, for reflection and endpoints.
+    /// Package `greeter.v2`: v1 plus `SayGoodbye`, for the redeploy demo.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v2 {
+        tonic::include_proto!("greeter.v2");
+    }
+
+    /// The encoded `FileDescriptorSet` of `greeter.v1`, for reflection and endpoints.
     pub const DESCRIPTORS: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/greeter_descriptor.bin"));
+        include_bytes!(concat!(env!("OUT_DIR"), "/greeter_v1_descriptor.bin"));
+
+    /// The encoded `FileDescriptorSet` of `greeter.v2`.
+    pub const DESCRIPTORS_V2: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/greeter_v2_descriptor.bin"));
 }
 
 use greeter::v1::{HelloReply, HelloRequest};
@@ -62,10 +72,31 @@ impl greeter::v1::greeter_server::Greeter for Greeter {
     }
 }
 
+/// The redeployed greeter (`greeter.v2`): SayHello and SayGoodbye.
+#[derive(Clone, Debug, Default)]
+pub struct GreeterV2;
+
+#[tonic::async_trait]
+impl greeter::v2::greeter_server::Greeter for GreeterV2 {
+    async fn say_hello(&self, request: Request<greeter::v2::HelloRequest>) -> Result<Response<greeter::v2::HelloReply>, Status> {
+        Ok(Response::new(greeter::v2::HelloReply { message: format!("Hello {}", request.into_inner().name) }))
+    }
+
+    async fn say_goodbye(&self, request: Request<greeter::v2::GoodbyeRequest>) -> Result<Response<greeter::v2::GoodbyeReply>, Status> {
+        let request = request.into_inner();
+        if request.times < 0 {
+            return Err(Status::invalid_argument("times must not be negative"));
+        }
+        let message = vec![format!("Goodbye {}", request.name); request.times.max(1) as usize].join(" ");
+        Ok(Response::new(greeter::v2::GoodbyeReply { message, request_id: request.request_id, polite: false }))
+    }
+}
+
 /// Every plugin the examples can pick by name.
 pub fn catalog() -> Catalog {
     let mut catalog = Catalog::new();
     micro_memory::install(&mut catalog);
+    micro_remote::install(&mut catalog);
     catalog
 }
 

@@ -79,6 +79,8 @@ pub struct Process {
     lines: std::sync::mpsc::Receiver<String>,
     /// Every stdout line read so far.
     pub seen: Vec<String>,
+    /// Where its stderr goes.
+    pub stderr_path: PathBuf,
 }
 
 impl Process {
@@ -91,10 +93,16 @@ impl Process {
         dir: Option<&std::path::Path>,
     ) -> Process {
         let mut command = Command::new(binary(name));
+        let stderr_path = std::env::temp_dir().join(format!(
+            "micro-test-{name}-{}-{:08x}.log",
+            std::process::id(),
+            fastrand_u32()
+        ));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log file");
         command
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .stdin(Stdio::null());
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MICRO_")) {
             command.env_remove(key);
@@ -115,11 +123,12 @@ impl Process {
                 }
             }
         });
-        Process {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Process { child, lines, seen: Vec::new(), stderr_path }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// The first stdout line containing `needle`, waiting up to `deadline`.
@@ -175,7 +184,51 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_path);
     }
+}
+
+/// A gateway process on ephemeral ports: its HTTP and embedded registry addresses.
+pub struct GatewayProcess {
+    /// The process.
+    pub process: Process,
+    /// HTTP address.
+    pub http: std::net::SocketAddr,
+    /// Embedded registry address.
+    pub registry: std::net::SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `micro-gateway` on ports 0 with `extra` flags.
+    pub fn start(extra: &[&str]) -> GatewayProcess {
+        let mut args = vec!["--address", "127.0.0.1:0", "--registry-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut process = Process::start("micro-gateway", &args, &[], None);
+        let line = process.line_containing("listening on", Duration::from_secs(30));
+        GatewayProcess { http: address_after(&line, "http://"), registry: address_after(&line, "served on "), process }
+    }
+
+    /// Starts a `greeter` process registering with this gateway, with `extra` flags, and waits
+    /// for its startup line.
+    pub fn greeter(&self, extra: &[&str]) -> Process {
+        let registry = self.registry.to_string();
+        let mut args = vec!["--registry-address", registry.as_str()];
+        // Short TTLs unless the caller sets its own.
+        if !extra.contains(&"--register-ttl") {
+            args.extend_from_slice(&["--register-ttl", "2s", "--register-interval", "500ms"]);
+        }
+        args.extend_from_slice(extra);
+        let mut process = Process::start("greeter", &args, &[], None);
+        process.line_containing("listening on", Duration::from_secs(30));
+        process
+    }
+}
+
+fn fastrand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default());
+    hasher.finish() as u32
 }
 
 fn signal(pid: u32, name: &str) {
@@ -185,4 +238,77 @@ fn signal(pid: u32, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// An HTTP response read off the wire.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics naming the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends raw bytes as one HTTP/1.1 request (the caller writes `Connection: close`) and reads
+/// the whole response. Raw on purpose: bad-input tests send what no HTTP client would.
+pub fn raw_http(address: std::net::SocketAddr, request: &[u8]) -> HttpResponse {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the gateway");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    // A server may answer and close before reading everything (413); that is fine.
+    let _ = stream.write_all(request);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())).collect::<Vec<_>>();
+    let body = if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) { dechunk(body) } else { body.to_string() };
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `POST path` with a JSON body.
+pub fn post(address: std::net::SocketAddr, path: &str, body: &str) -> HttpResponse {
+    let request = format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    raw_http(address, request.as_bytes())
+}
+
+/// `GET path`.
+pub fn get(address: std::net::SocketAddr, path: &str) -> HttpResponse {
+    raw_http(address, format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+/// The address in a startup line after `marker` (`listening on http://127.0.0.1:8080`).
+pub fn address_after(line: &str, marker: &str) -> std::net::SocketAddr {
+    let rest = line.split(marker).nth(1).unwrap_or_else(|| panic!("no `{marker}` in {line:?}"));
+    let address: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+    address.parse().unwrap_or_else(|e| panic!("bad address {address:?} in {line:?}: {e}"))
 }

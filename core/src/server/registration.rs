@@ -1,5 +1,6 @@
-//! Keeping the registration fresh: register at once, then every interval, logging failures once
-//! per interval and going on (the registry may come back).
+//! Keeping the registration fresh: register at once, then every interval. While registering
+//! fails (the registry is down or not started yet), retry sooner, backing off from 250 ms up to
+//! the interval, and log the failure once, then quietly until it recovers.
 
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use tokio::task::JoinHandle;
 
 use crate::options::Options;
 use crate::registry::{Registry, Service};
+
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub(super) async fn spawn(
     registry: Arc<dyn Registry>,
@@ -18,12 +21,14 @@ pub(super) async fn spawn(
     let (ttl, interval) = (options.register_ttl, options.register_interval);
     let mut healthy = register_once(&*registry, &service, ttl, true).await;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut backoff = RETRY_FIRST;
         loop {
+            let wait = if healthy { interval } else { backoff };
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            backoff = if healthy { RETRY_FIRST } else { (backoff * 2).min(interval) };
             let ok = register_once(&*registry, &service, ttl, healthy).await;
             if ok && !healthy {
                 tracing::info!(service = %service.name, registry = registry.name(), "registered again");
@@ -43,9 +48,9 @@ async fn register_once(
         Ok(()) => true,
         Err(e) => {
             if was_healthy {
-                tracing::error!(service = %service.name, registry = registry.name(), error = %e, "registration failed; retrying every interval");
+                tracing::error!(service = %service.name, registry = registry.name(), error = %e, "registration failed; retrying until the registry answers");
             } else {
-                tracing::warn!(service = %service.name, error = %e, "registration still failing");
+                tracing::debug!(service = %service.name, error = %e, "registration still failing");
             }
             false
         }

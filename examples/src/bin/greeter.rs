@@ -14,6 +14,9 @@ use micro_examples::{Greeter, catalog, greeter, init_tracing};
 struct Cli {
     #[command(flatten)]
     _service: ServiceFlags,
+    /// The word before the name in replies
+    #[arg(long, default_value = "Hello")]
+    greeting: String,
     /// How long each reply takes, e.g. 2s (to watch graceful shutdown drain a slow call)
     #[arg(long, value_name = "DURATION", value_parser = humantime_duration)]
     reply_delay: Option<Duration>,
@@ -41,8 +44,8 @@ async fn run() -> micro_core::Result<()> {
     let (options, cli) = Options::new("greeter").load_with::<Cli>()?;
     let registry = catalog().registry(&options).await?;
     let handler = Greeter {
+        greeting: cli.greeting,
         delay: cli.reply_delay.unwrap_or_default(),
-        ..Greeter::default()
     };
     let running = Server::new(options.clone(), registry.clone())
         .descriptors(greeter::DESCRIPTORS)?

@@ -1,0 +1,35 @@
+//! Every conformance suite of micro-core that etcd backs, against the etcd started by
+//! `scripts/setup` (127.0.0.1:2379, or `MICRO_ETCD_ADDRESS`).
+
+use std::sync::Arc;
+
+use micro_core::{Config, Registry, Store};
+use micro_etcd::{EtcdConfig, EtcdRegistry, EtcdStore};
+
+fn address() -> String {
+    std::env::var("MICRO_ETCD_ADDRESS").unwrap_or_else(|_| micro_etcd::DEFAULT_ADDRESS.into())
+}
+
+async fn registry() -> Arc<dyn Registry> {
+    Arc::new(
+        EtcdRegistry::connect(&address())
+            .await
+            .expect("etcd registry (run scripts/setup)"),
+    )
+}
+
+micro_core::registry_conformance!(registry(), observer: async { Some(registry().await) });
+micro_core::store_conformance!(async {
+    Arc::new(
+        EtcdStore::connect(&address())
+            .await
+            .expect("etcd store (run scripts/setup)"),
+    ) as Arc<dyn Store>
+});
+micro_core::config_conformance!(async {
+    Arc::new(
+        EtcdConfig::connect(&address())
+            .await
+            .expect("etcd config (run scripts/setup)"),
+    ) as Arc<dyn Config>
+});

@@ -1,0 +1,294 @@
+//! Bad input and faults, against the etcd started by `scripts/setup` (127.0.0.1:2379, or
+//! `MICRO_ETCD_ADDRESS`): an unreachable etcd, malformed config values put behind the plugin's
+//! back, a lease revoked behind the registry's back, a watch resuming past a compaction.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions};
+use futures::StreamExt;
+use micro_core::conformance::{PROMPT, eventually, next, unique};
+use micro_core::registry::{EventKind, Node, Service, Watcher};
+use micro_core::{Config, Registry};
+use micro_etcd::{EtcdConfig, EtcdRegistry, REGISTRY_PREFIX};
+use serde_json::json;
+
+fn address() -> String {
+    std::env::var("MICRO_ETCD_ADDRESS").unwrap_or_else(|_| micro_etcd::DEFAULT_ADDRESS.into())
+}
+
+/// A plain etcd client, acting behind the plugins' backs.
+async fn raw() -> Client {
+    let endpoints: Vec<String> = address().split(',').map(|e| e.trim().to_string()).collect();
+    Client::connect(endpoints, None)
+        .await
+        .expect("raw etcd client (run scripts/setup)")
+}
+
+fn service(name: &str, node: &str) -> Service {
+    Service {
+        name: name.into(),
+        version: "1.0.0".into(),
+        nodes: vec![Node {
+            id: node.into(),
+            address: "127.0.0.1:50051".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn unreachable_etcd_is_a_prompt_error_naming_the_address() {
+    let started = Instant::now();
+    let err = EtcdRegistry::connect("127.0.0.1:1")
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    assert!(
+        err.to_string().contains("127.0.0.1:1"),
+        "names the address: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let err = EtcdConfig::connect("127.0.0.1:1, 127.0.0.1:2")
+        .await
+        .err()
+        .expect("unreachable");
+    let text = err.to_string();
+    assert!(
+        text.contains("127.0.0.1:1") && text.contains("127.0.0.1:2"),
+        "names both: {text}"
+    );
+
+    let mut catalog = micro_core::Catalog::new();
+    micro_etcd::install(&mut catalog);
+    assert!(catalog.registry_names().contains(&"etcd".to_string()));
+    assert!(catalog.store_names().contains(&"etcd".to_string()));
+    assert!(catalog.config_names().contains(&"etcd".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_config_value_is_reported_and_the_last_good_one_kept() {
+    let prefix = format!("/micro-test/{}/config/", unique("faults"));
+    let config = EtcdConfig::connect_with_prefix(&address(), &prefix)
+        .await
+        .expect("config");
+    let mut client = raw().await;
+
+    // Written by hand, as with `etcdctl put <prefix>greeter/greeting '"Hi"'`.
+    client
+        .put(format!("{prefix}greeter/greeting"), r#""Hi""#, None)
+        .await
+        .expect("raw put");
+    assert_eq!(
+        config.get("greeter.greeting").await.expect("get"),
+        Some(json!("Hi"))
+    );
+
+    let mut watcher = config.watch("greeter").await.expect("watch");
+    let bad_key = format!("{prefix}greeter/greeting");
+    client
+        .put(bad_key.as_str(), "Hi there {", None)
+        .await
+        .expect("raw put malformed");
+
+    let err = config
+        .get("greeter.greeting")
+        .await
+        .expect_err("a malformed value is an error");
+    assert!(
+        err.to_string().contains(&bad_key),
+        "get names the key: {err}"
+    );
+    let seen = next(&mut watcher, "malformed value")
+        .await
+        .expect_err("the watcher is told");
+    assert!(
+        seen.to_string().contains(&bad_key),
+        "the watch error names the key: {seen}"
+    );
+
+    // The malformed value did not reach watchers as a change; the next good one does.
+    client
+        .put(bad_key.as_str(), r#""Hello""#, None)
+        .await
+        .expect("raw put good");
+    let value = next(&mut watcher, "fixed value").await.expect("watch");
+    assert_eq!(value, Some(json!({"greeting": "Hello"})));
+    assert_eq!(
+        config.get("greeter.greeting").await.expect("get"),
+        Some(json!("Hello"))
+    );
+
+    client
+        .delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix()))
+        .await
+        .expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_lease_is_replaced_by_the_registry_itself() {
+    let registry = EtcdRegistry::connect(&address()).await.expect("registry");
+    let name = unique("faults-lease");
+    let svc = service(&name, &format!("{name}-1"));
+    let key = format!("{REGISTRY_PREFIX}{name}/{name}-1");
+    registry
+        .register(&svc, Duration::from_secs(6))
+        .await
+        .expect("register");
+
+    let mut client = raw().await;
+    let lease_of = |response: etcd_client::GetResponse| response.kvs().first().map(|kv| kv.lease());
+    let lease = lease_of(client.get(key.as_str(), None).await.expect("get")).expect("registered");
+    client
+        .lease_revoke(lease)
+        .await
+        .expect("revoke behind the registry's back");
+    assert!(
+        client
+            .get(key.as_str(), None)
+            .await
+            .expect("get")
+            .kvs()
+            .is_empty(),
+        "revoking deletes"
+    );
+
+    // The keeper notices at its next keep-alive (TTL/3 = 2 s) and puts the node again.
+    eventually(Duration::from_secs(6), "node registered again", || {
+        let mut client = client.clone();
+        let key = key.clone();
+        async move {
+            let response = client.get(key.as_str(), None).await.expect("get");
+            response
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.lease() != lease && kv.lease() != 0)
+        }
+    })
+    .await;
+    assert_eq!(
+        registry.get_service(&name).await.expect("get_service"),
+        vec![svc.clone()]
+    );
+    registry.deregister(&svc).await.expect("deregister");
+}
+
+async fn expect(watcher: &mut Watcher, kind: EventKind, node: &str) {
+    let event = next(watcher, node).await.expect("watch");
+    assert_eq!(
+        (event.kind, event.service.nodes[0].id.as_str()),
+        (kind, node),
+        "{event:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_resyncs_past_a_compaction() {
+    let registry = EtcdRegistry::connect(&address()).await.expect("registry");
+    let observer = EtcdRegistry::connect(&address()).await.expect("observer");
+    let name = unique("faults-compact");
+    let mut client = raw().await;
+    let before = client
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await
+        .expect("get");
+    let old_revision = before.header().expect("header").revision();
+
+    let (a, b) = (
+        service(&name, &format!("{name}-a")),
+        service(&name, &format!("{name}-b")),
+    );
+    registry.register(&a, PROMPT).await.expect("register a");
+    registry.register(&b, PROMPT).await.expect("register b");
+    // Came and went before the compaction: a replay of history would report it, a resync not.
+    let gone = service(&name, &format!("{name}-gone"));
+    registry
+        .register(&gone, PROMPT)
+        .await
+        .expect("register gone");
+    registry.deregister(&gone).await.expect("deregister gone");
+    let now = client
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await
+        .expect("get");
+    let revision = now.header().expect("header").revision();
+    client
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact past the watcher's revision");
+
+    // A watcher that last saw `old_revision`, now compacted: it lists afresh and reports the
+    // difference, then goes on watching.
+    let mut watcher = observer.watch_from_revision(Some(&name), old_revision);
+    let mut created = Vec::new();
+    for _ in 0..2 {
+        let event = next(&mut watcher, "resync").await.expect("watch");
+        assert_eq!(event.kind, EventKind::Create, "{event:?}");
+        created.push(event.service.nodes[0].id.clone());
+    }
+    created.sort();
+    assert_eq!(created, [format!("{name}-a"), format!("{name}-b")]);
+
+    let c = service(&name, &format!("{name}-c"));
+    registry.register(&c, PROMPT).await.expect("register c");
+    expect(&mut watcher, EventKind::Create, &format!("{name}-c")).await;
+    registry.deregister(&a).await.expect("deregister a");
+    expect(&mut watcher, EventKind::Delete, &format!("{name}-a")).await;
+    for s in [&b, &c] {
+        registry.deregister(s).await.expect("deregister");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_of_a_response_and_deletes_of_unseen_keys() {
+    let observer = EtcdRegistry::connect(&address()).await.expect("observer");
+    let name = unique("faults-txn");
+    let mut watcher = observer.watch(Some(&name)).await.expect("watch");
+    let mut client = raw().await;
+    // Two nodes put in one transaction arrive in one watch response: both are reported.
+    let puts: Vec<etcd_client::TxnOp> = ["x", "y"]
+        .iter()
+        .map(|id| {
+            let svc = service(&name, &format!("{name}-{id}"));
+            let key = format!("{REGISTRY_PREFIX}{name}/{name}-{id}");
+            etcd_client::TxnOp::put(key, serde_json::to_string(&svc).expect("json"), None)
+        })
+        .collect();
+    client
+        .txn(etcd_client::Txn::new().and_then(puts))
+        .await
+        .expect("txn");
+    expect(&mut watcher, EventKind::Create, &format!("{name}-x")).await;
+    expect(&mut watcher, EventKind::Create, &format!("{name}-y")).await;
+
+    // A watcher that never saw the keys still reports their deletes.
+    let late = EtcdRegistry::connect(&address())
+        .await
+        .expect("late observer");
+    let mut late_watcher = late.watch_from_revision(Some(&name), {
+        let now = client
+            .get("/", Some(GetOptions::new().with_count_only()))
+            .await
+            .expect("get");
+        now.header().expect("header").revision()
+    });
+    client
+        .delete(
+            format!("{REGISTRY_PREFIX}{name}/"),
+            Some(DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .expect("raw delete");
+    for watcher in [&mut watcher, &mut late_watcher] {
+        expect(watcher, EventKind::Delete, &format!("{name}-x")).await;
+        expect(watcher, EventKind::Delete, &format!("{name}-y")).await;
+    }
+    drop(late_watcher);
+    let more = tokio::time::timeout(Duration::from_millis(200), watcher.next()).await;
+    assert!(more.is_err(), "nothing more: {more:?}");
+}

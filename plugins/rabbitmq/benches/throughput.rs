@@ -1,0 +1,211 @@
+//! Publish throughput with confirms through the `Broker` trait against raw lapin with confirms,
+//! on the same exchange and routing key, plus end-to-end publish -> handler latency.
+//!
+//! Needs RabbitMQ (`MICRO_TEST_RABBITMQ`, default 127.0.0.1:5672). Run: `cargo bench -p
+//! micro-rabbitmq`. Prints figures and a ratio; asserts nothing about time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use micro_core::Broker;
+use micro_core::broker::{Message, SubscribeOptions, handler};
+use micro_rabbitmq::{RabbitBroker, RabbitConfig};
+use tokio::sync::mpsc;
+
+/// Messages per throughput round with one publish in flight; each side runs two rounds,
+/// interleaved. Small: with one in flight, each message waits for RabbitMQ's disk write.
+const SERIAL_MESSAGES: usize = 500;
+/// Messages per throughput round with [`IN_FLIGHT`] concurrent publishers.
+const MESSAGES: usize = 5_000;
+/// Concurrent publishers (tasks, each awaiting its own confirm) in the second comparison.
+const IN_FLIGHT: usize = 32;
+/// Messages timed end to end.
+const LATENCY_MESSAGES: usize = 2_000;
+const BODY: &[u8] = &[b'x'; 256];
+
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+type BenchResult<T> = Result<T, BenchError>;
+
+#[tokio::main]
+async fn main() -> BenchResult<()> {
+    let address = std::env::var("MICRO_TEST_RABBITMQ")
+        .unwrap_or_else(|_| micro_rabbitmq::DEFAULT_ADDRESS.to_string());
+    let config = RabbitConfig::new(&address);
+    let exchange = config.exchange.clone();
+    let broker = RabbitBroker::connect(config).await?;
+
+    // One durable queue bound to the topic, so both sides' messages are routed and persisted.
+    let suffix = format!("{:08x}", fastrand::u32(..));
+    let topic = format!("bench.throughput-{suffix}");
+    let queue = format!("bench-throughput-{suffix}");
+    let connection = Connection::connect(&address, ConnectionProperties::default()).await?;
+    let raw = connection.create_channel().await?;
+    raw.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    raw.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        topic.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    raw.confirm_select(ConfirmSelectOptions::default()).await?;
+
+    // Warm up both paths, then interleave rounds so neither side gets the quieter moment.
+    let raw = Arc::new(raw);
+    raw_round(&raw, &exchange, &topic, 200, 1).await?;
+    broker_round(&broker, &topic, 200, 1).await?;
+    for (count, in_flight) in [(SERIAL_MESSAGES, 1), (MESSAGES, IN_FLIGHT)] {
+        let (mut raw_time, mut broker_time) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..2 {
+            raw_time += raw_round(&raw, &exchange, &topic, count, in_flight).await?;
+            broker_time += broker_round(&broker, &topic, count, in_flight).await?;
+        }
+        let rate = |time: Duration| (2 * count) as f64 / time.as_secs_f64();
+        let (raw_rate, broker_rate) = (rate(raw_time), rate(broker_time));
+        println!(
+            "publish with confirms, {count} x 2 persistent messages of {} bytes to a durable queue, {in_flight} in flight:",
+            BODY.len()
+        );
+        println!("  raw lapin           {raw_rate:>10.0} msg/s");
+        println!("  micro Broker trait  {broker_rate:>10.0} msg/s");
+        println!(
+            "  ratio               {:>10.2} (target >= 0.80)",
+            broker_rate / raw_rate
+        );
+    }
+
+    let (p50, p99) = latency(&broker, &suffix).await?;
+    println!(
+        "end-to-end publish -> handler (broadcast subscriber), {LATENCY_MESSAGES} messages, one at a time:"
+    );
+    println!(
+        "  p50 {:>8.0} µs    p99 {:>8.0} µs",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+
+    raw.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    connection.close(200, "bench done".into()).await?;
+    broker.close().await;
+    Ok(())
+}
+
+/// `count` publishes on the raw channel from `in_flight` tasks, each awaiting its confirm.
+async fn raw_round(
+    channel: &Arc<Channel>,
+    exchange: &str,
+    topic: &str,
+    count: usize,
+    in_flight: usize,
+) -> BenchResult<Duration> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|task| {
+            let (channel, exchange, topic) =
+                (channel.clone(), exchange.to_string(), topic.to_string());
+            tokio::spawn(async move {
+                for _ in (task..count).step_by(in_flight) {
+                    let properties = BasicProperties::default().with_delivery_mode(2);
+                    let confirm = channel
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            topic.as_str().into(),
+                            BasicPublishOptions::default(),
+                            BODY,
+                            properties,
+                        )
+                        .await?
+                        .await?;
+                    if !confirm.is_ack() {
+                        return Err::<(), BenchError>("raw publish not acked".into());
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed())
+}
+
+/// `count` publishes through the `Broker` trait from `in_flight` tasks.
+async fn broker_round(
+    broker: &RabbitBroker,
+    topic: &str,
+    count: usize,
+    in_flight: usize,
+) -> BenchResult<Duration> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|task| {
+            let (broker, topic) = (broker.clone(), topic.to_string());
+            tokio::spawn(async move {
+                for _ in (task..count).step_by(in_flight) {
+                    broker.publish(&topic, Message::new(BODY)).await?;
+                }
+                Ok::<(), BenchError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed())
+}
+
+/// p50 and p99 of the time from calling `publish` to the handler running.
+async fn latency(broker: &RabbitBroker, suffix: &str) -> BenchResult<(Duration, Duration)> {
+    let topic = format!("bench.latency-{suffix}");
+    let origin = Instant::now();
+    let (arrived, mut arrivals) = mpsc::unbounded_channel();
+    let record = handler(move |message: Message| {
+        let arrived = arrived.clone();
+        async move {
+            let now = origin.elapsed().as_nanos() as u64;
+            let sent: u64 = message
+                .header
+                .get("x-sent-ns")
+                .and_then(|n| n.parse().ok())
+                .ok_or("no x-sent-ns")?;
+            let _ = arrived.send(Duration::from_nanos(now.saturating_sub(sent)));
+            Ok(())
+        }
+    });
+    let subscription = broker
+        .subscribe(&topic, record, SubscribeOptions::default())
+        .await?;
+    let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
+    for _ in 0..LATENCY_MESSAGES {
+        let sent = origin.elapsed().as_nanos().to_string();
+        broker
+            .publish(&topic, Message::new(BODY).with_header("x-sent-ns", sent))
+            .await?;
+        // One at a time: wait for this message before the next, so queueing does not inflate it.
+        match tokio::time::timeout(Duration::from_secs(10), arrivals.recv()).await {
+            Ok(Some(latency)) => samples.push(latency),
+            _ => return Err("a message did not arrive within 10 s".into()),
+        }
+    }
+    subscription.unsubscribe().await?;
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}

@@ -1,0 +1,13 @@
+//! The core broker conformance suite, against the RabbitMQ at `MICRO_TEST_RABBITMQ` (default
+//! 127.0.0.1:5672).
+
+mod common;
+
+use std::sync::Arc;
+
+use micro_core::Broker;
+use micro_rabbitmq::RabbitConfig;
+
+micro_core::broker_conformance!(async {
+    Arc::new(common::broker(RabbitConfig::new(common::address())).await) as Arc<dyn Broker>
+});

@@ -1,0 +1,156 @@
+//! A poison message (its handler fails every time, once by panicking) ends in the dead-letter
+//! exchange after `max_attempts` runs, and the messages behind it are processed meanwhile.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions};
+use lapin::types::AMQPValue;
+use micro_core::Broker;
+use micro_core::broker::{Message, SubscribeOptions, handler};
+use micro_rabbitmq::RabbitConfig;
+
+const ATTEMPTS: u32 = 3;
+const GOOD: usize = 50;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_message_is_dead_lettered_after_max_attempts() {
+    let address = common::address();
+    let topic = common::unique("test.poison");
+    let queue = common::unique("test-poison");
+    // A dead-letter exchange and queue of this test's own, so what we find there is ours.
+    let dead_exchange = common::unique("test.dead-letter");
+    let dead_queue = common::unique("test-dead-letter");
+    let config = RabbitConfig::new(&address)
+        .with_max_attempts(ATTEMPTS)
+        .with_dead_letter_exchange(&dead_exchange)
+        .with_dead_letter_queue(Some(dead_queue.clone()));
+    let broker = common::broker(config.with_prefetch(1)).await;
+
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let seen = runs.clone();
+    let picky = handler(move |message: Message| {
+        let seen = seen.clone();
+        async move {
+            let body = String::from_utf8_lossy(&message.body).into_owned();
+            let run = {
+                let mut seen = seen.lock().expect("lock");
+                let run = seen.entry(body.clone()).or_default();
+                *run += 1;
+                *run
+            };
+            match (body.as_str(), run) {
+                ("poison", 1) => panic!("the poison message, first run"),
+                ("poison", _) => Err("the poison message again".into()),
+                _ => Ok(()),
+            }
+        }
+    });
+    // Prefetch 1: one delivery at a time, so a poison message stuck at the head would block all.
+    let subscription = broker
+        .subscribe(&topic, picky, SubscribeOptions::queue(&queue))
+        .await
+        .expect("subscribe");
+
+    broker
+        .publish(
+            &topic,
+            Message::new("poison").with_header("x-job", "poison"),
+        )
+        .await
+        .expect("publish");
+    for i in 0..GOOD {
+        broker
+            .publish(&topic, Message::new(format!("good-{i}")))
+            .await
+            .expect("publish");
+    }
+    common::eventually(
+        Duration::from_secs(30),
+        "every good message processed",
+        || {
+            let runs = runs.lock().expect("lock");
+            (0..GOOD).all(|i| runs.contains_key(&format!("good-{i}")))
+        },
+    )
+    .await;
+
+    // The dead letter: the original body and headers, the run count, the queue and the reason.
+    let (connection, channel) = common::raw_channel(&address).await;
+    let mut dead = None;
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while dead.is_none() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no dead letter within 30 s"
+        );
+        dead = channel
+            .basic_get(dead_queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get");
+        if dead.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let dead = dead.expect("dead letter").delivery;
+    assert_eq!(dead.data, b"poison");
+    assert_eq!(
+        dead.routing_key.as_str(),
+        topic,
+        "dead letters keep their topic as routing key"
+    );
+    let headers = dead
+        .properties
+        .headers()
+        .clone()
+        .expect("dead letter headers");
+    let header = |key: &str| headers.inner().get(key).cloned();
+    assert_eq!(
+        header("x-micro-attempts"),
+        Some(AMQPValue::LongUInt(ATTEMPTS))
+    );
+    assert_eq!(
+        header("x-job"),
+        Some(AMQPValue::LongString("poison".into()))
+    );
+    assert_eq!(
+        header("x-micro-dead-letter-queue"),
+        Some(AMQPValue::LongString(queue.as_str().into()))
+    );
+    match header("x-micro-dead-letter-reason") {
+        Some(AMQPValue::LongString(reason)) => {
+            assert_eq!(reason.as_bytes(), b"the poison message again")
+        }
+        other => panic!("dead-letter reason: {other:?}"),
+    }
+    dead.ack(BasicAckOptions::default()).await.expect("ack");
+
+    // Exactly N runs, then no more; the good messages once each.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs = runs.lock().expect("lock").clone();
+    assert_eq!(
+        runs.get("poison"),
+        Some(&ATTEMPTS),
+        "runs of the poison message"
+    );
+    let good: BTreeSet<_> = runs
+        .iter()
+        .filter(|(body, _)| body.starts_with("good-"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(good, BTreeSet::from([1]), "good messages ran once each");
+
+    subscription.unsubscribe().await.expect("unsubscribe");
+    broker.close().await;
+    let _ = channel
+        .exchange_delete(
+            dead_exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    common::delete_queues(&address, &[&queue, &dead_queue]).await;
+}
