@@ -7,7 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     for version in ["v1", "v2"] {
         let files = protox::compile([format!("greeter/{version}/greeter.proto")], ["../proto"])?;
-        std::fs::write(out.join(format!("greeter_{version}_descriptor.bin")), files.encode_to_vec())?;
+        std::fs::write(
+            out.join(format!("greeter_{version}_descriptor.bin")),
+            files.encode_to_vec(),
+        )?;
         tonic_prost_build::configure().compile_fds(files)?;
     }
     println!("cargo:rerun-if-changed=../proto/greeter");

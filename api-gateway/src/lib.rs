@@ -261,9 +261,17 @@ async fn handle(
     request: Request,
     labels: &mut (String, String),
 ) -> Result<Response, ApiError> {
-    let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return Err(ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, tonic::Code::InvalidArgument, format!("the request headers are {header_bytes} bytes, more than {MAX_HEADER_BYTES}")));
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            tonic::Code::InvalidArgument,
+            format!("the request headers are {header_bytes} bytes, more than {MAX_HEADER_BYTES}"),
+        ));
     }
     if request.method() == Method::OPTIONS {
         return preflight(&state.cors, request.headers());

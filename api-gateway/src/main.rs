@@ -28,6 +28,8 @@ async fn run() -> micro_core::Result<()> {
     let mut catalog = Catalog::new();
     micro_memory::install(&mut catalog);
     micro_remote::install(&mut catalog);
+    micro_etcd::install(&mut catalog);
+    micro_consul::install(&mut catalog);
     let registry: Arc<dyn micro_core::Registry> = catalog.registry(&options.service).await?;
     let registry_name = registry.name().to_string();
     let running = Gateway::new(options, registry).start().await?;

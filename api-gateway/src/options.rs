@@ -64,10 +64,18 @@ pub struct GatewayOptions {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Requests per second per client IP.
-    #[serde(default, deserialize_with = "optional_number", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "optional_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate_limit: Option<u32>,
     /// Burst per client IP.
-    #[serde(default, deserialize_with = "optional_number", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "optional_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate_burst: Option<u32>,
     /// CORS origins, comma-separated.
     pub cors_origins: Option<String>,

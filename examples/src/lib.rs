@@ -78,17 +78,30 @@ pub struct GreeterV2;
 
 #[tonic::async_trait]
 impl greeter::v2::greeter_server::Greeter for GreeterV2 {
-    async fn say_hello(&self, request: Request<greeter::v2::HelloRequest>) -> Result<Response<greeter::v2::HelloReply>, Status> {
-        Ok(Response::new(greeter::v2::HelloReply { message: format!("Hello {}", request.into_inner().name) }))
+    async fn say_hello(
+        &self,
+        request: Request<greeter::v2::HelloRequest>,
+    ) -> Result<Response<greeter::v2::HelloReply>, Status> {
+        Ok(Response::new(greeter::v2::HelloReply {
+            message: format!("Hello {}", request.into_inner().name),
+        }))
     }
 
-    async fn say_goodbye(&self, request: Request<greeter::v2::GoodbyeRequest>) -> Result<Response<greeter::v2::GoodbyeReply>, Status> {
+    async fn say_goodbye(
+        &self,
+        request: Request<greeter::v2::GoodbyeRequest>,
+    ) -> Result<Response<greeter::v2::GoodbyeReply>, Status> {
         let request = request.into_inner();
         if request.times < 0 {
             return Err(Status::invalid_argument("times must not be negative"));
         }
-        let message = vec![format!("Goodbye {}", request.name); request.times.max(1) as usize].join(" ");
-        Ok(Response::new(greeter::v2::GoodbyeReply { message, request_id: request.request_id, polite: false }))
+        let message =
+            vec![format!("Goodbye {}", request.name); request.times.max(1) as usize].join(" ");
+        Ok(Response::new(greeter::v2::GoodbyeReply {
+            message,
+            request_id: request.request_id,
+            polite: false,
+        }))
     }
 }
 
@@ -97,6 +110,9 @@ pub fn catalog() -> Catalog {
     let mut catalog = Catalog::new();
     micro_memory::install(&mut catalog);
     micro_remote::install(&mut catalog);
+    micro_etcd::install(&mut catalog);
+    micro_consul::install(&mut catalog);
+    micro_rabbitmq::install(&mut catalog);
     catalog
 }
 

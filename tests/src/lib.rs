@@ -123,7 +123,12 @@ impl Process {
                 }
             }
         });
-        Process { child, lines, seen: Vec::new(), stderr_path }
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr_path,
+        }
     }
 
     /// What it wrote to stderr so far.
@@ -201,11 +206,20 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `micro-gateway` on ports 0 with `extra` flags.
     pub fn start(extra: &[&str]) -> GatewayProcess {
-        let mut args = vec!["--address", "127.0.0.1:0", "--registry-listen", "127.0.0.1:0"];
+        let mut args = vec![
+            "--address",
+            "127.0.0.1:0",
+            "--registry-listen",
+            "127.0.0.1:0",
+        ];
         args.extend_from_slice(extra);
         let mut process = Process::start("micro-gateway", &args, &[], None);
         let line = process.line_containing("listening on", Duration::from_secs(30));
-        GatewayProcess { http: address_after(&line, "http://"), registry: address_after(&line, "served on "), process }
+        GatewayProcess {
+            http: address_after(&line, "http://"),
+            registry: address_after(&line, "served on "),
+            process,
+        }
     }
 
     /// Starts a `greeter` process registering with this gateway, with `extra` flags, and waits
@@ -227,7 +241,12 @@ impl GatewayProcess {
 fn fastrand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default());
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
+    );
     hasher.finish() as u32
 }
 
@@ -254,12 +273,16 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// The first header named `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON (panics naming the body when it is not).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 }
 
@@ -268,7 +291,9 @@ impl HttpResponse {
 pub fn raw_http(address: std::net::SocketAddr, request: &[u8]) -> HttpResponse {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).expect("connect to the gateway");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     // A server may answer and close before reading everything (413); that is fine.
     let _ = stream.write_all(request);
     let mut raw = Vec::new();
@@ -276,16 +301,36 @@ pub fn raw_http(address: std::net::SocketAddr, request: &[u8]) -> HttpResponse {
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())).collect::<Vec<_>>();
-    let body = if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) { dechunk(body) } else { body.to_string() };
-    HttpResponse { status, headers, body }
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<Vec<_>>();
+    let body = if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || rest.len() < size {
             break;
         }
@@ -297,18 +342,137 @@ fn dechunk(mut body: &str) -> String {
 
 /// `POST path` with a JSON body.
 pub fn post(address: std::net::SocketAddr, path: &str, body: &str) -> HttpResponse {
-    let request = format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     raw_http(address, request.as_bytes())
 }
 
 /// `GET path`.
 pub fn get(address: std::net::SocketAddr, path: &str) -> HttpResponse {
-    raw_http(address, format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+    raw_http(
+        address,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 /// The address in a startup line after `marker` (`listening on http://127.0.0.1:8080`).
 pub fn address_after(line: &str, marker: &str) -> std::net::SocketAddr {
-    let rest = line.split(marker).nth(1).unwrap_or_else(|| panic!("no `{marker}` in {line:?}"));
-    let address: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
-    address.parse().unwrap_or_else(|e| panic!("bad address {address:?} in {line:?}: {e}"))
+    let rest = line
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `{marker}` in {line:?}"));
+    let address: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    address
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address {address:?} in {line:?}: {e}"))
+}
+
+/// An etcd of a test's own, on free ports, that the test may stop and start again.
+pub struct PrivateEtcd {
+    /// Its client address (`127.0.0.1:port`).
+    pub address: String,
+    peer: String,
+    data: PathBuf,
+    process: Option<Child>,
+}
+
+impl PrivateEtcd {
+    /// Starts etcd (installed by `scripts/setup`) and waits until it answers.
+    pub fn start() -> PrivateEtcd {
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let data = std::env::temp_dir().join(format!(
+            "micro-test-etcd-{}-{:08x}",
+            std::process::id(),
+            fastrand_u32()
+        ));
+        let mut etcd = PrivateEtcd {
+            address: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            data,
+            process: None,
+        };
+        etcd.resume();
+        etcd
+    }
+
+    /// Kills it (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data, and waits until it answers.
+    pub fn resume(&mut self) {
+        let log = std::fs::File::create(self.data.with_extension("log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(&self.data)
+            .args([
+                "--listen-client-urls",
+                &format!("http://{}", self.address),
+                "--advertise-client-urls",
+                &format!("http://{}", self.address),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://{}", self.peer),
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", self.peer),
+            ])
+            .args(["--initial-cluster", &format!("test=http://{}", self.peer)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (run scripts/setup to install it)");
+        self.process = Some(child);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while !self.healthy() {
+            assert!(
+                std::time::Instant::now() < until,
+                "private etcd on {} not healthy",
+                self.address
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        let response = std::net::TcpStream::connect(&self.address)
+            .ok()
+            .map(|_| get(self.address.parse().expect("address"), "/health"));
+        response.is_some_and(|r| r.status == 200 && r.body.contains("true"))
+    }
+
+    /// Runs `etcdctl` against it.
+    pub fn etcdctl(&self, args: &[&str]) {
+        let status = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.address)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run etcdctl");
+        assert!(status.success(), "etcdctl {args:?} failed");
+    }
+}
+
+impl Drop for PrivateEtcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
+        let _ = std::fs::remove_file(self.data.with_extension("log"));
+    }
 }
