@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         tonic_prost_build::configure().compile_fds(files)?;
     }
+    tonic_prost_build::configure()
+        .compile_fds(protox::compile(["jobs/v1/jobs.proto"], ["../proto"])?)?;
     println!("cargo:rerun-if-changed=../proto/greeter");
+    println!("cargo:rerun-if-changed=../proto/jobs");
     Ok(())
 }

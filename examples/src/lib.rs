@@ -6,7 +6,9 @@
 //! - `greeter`: the greeter service, taking every flag of DESIGN §4;
 //! - `greeter-client`: calls it through the registry;
 //! - `rate-limited`: the greeter with SayHello limited to N calls per second;
-//! - `quickstart`: server and client in one process, prints the reply.
+//! - `quickstart`: server and client in one process, prints the reply;
+//! - `config-watch`: the greeter with its greeting read live from the Config component;
+//! - `jobs-producer`, `jobs-worker`: email jobs through the broker, workers sharing one queue.
 
 use std::time::Duration;
 
@@ -34,6 +36,20 @@ pub mod greeter {
     /// The encoded `FileDescriptorSet` of `greeter.v2`.
     pub const DESCRIPTORS_V2: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/greeter_v2_descriptor.bin"));
+}
+
+/// Generated code of `proto/jobs/v1/jobs.proto`.
+pub mod jobs {
+    /// Package `jobs.v1`.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("jobs.v1");
+    }
+
+    /// The topic email jobs are published on.
+    pub const EMAIL_TOPIC: &str = "jobs.email";
+    /// The queue the email workers share.
+    pub const EMAIL_WORKERS: &str = "email-workers";
 }
 
 use greeter::v1::{HelloReply, HelloRequest};

@@ -159,6 +159,17 @@ impl Process {
         }
     }
 
+    /// Collects the stdout lines that arrive within `wait` into [`Process::seen`].
+    pub fn read_lines(&mut self, wait: Duration) {
+        let until = std::time::Instant::now() + wait;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+        {
+            self.seen.push(line);
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         signal(self.child.id(), "TERM");

@@ -7,6 +7,9 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod typed;
+
+pub use typed::{PROTOBUF, Reject, encode, is_rejection, typed};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -25,6 +25,7 @@ use tonic::service::Routes;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
+use crate::broker::{Broker, Handler, SubscribeOptions, Subscription};
 use crate::options::Options;
 use crate::registry::{Node, Registry};
 use crate::wrapper::{HandlerService, OnPath, Wrapper, apply};
@@ -45,6 +46,7 @@ pub struct Server {
     wrappers: Vec<Wrapper<HandlerService>>,
     endpoint_wrappers: Vec<(String, Wrapper<HandlerService>)>,
     metadata: BTreeMap<String, String>,
+    subscriptions: Vec<(Arc<dyn Broker>, String, SubscribeOptions, Handler)>,
     shutdown: Option<ShutdownSignal>,
 }
 
@@ -61,6 +63,7 @@ impl Server {
             wrappers: Vec::new(),
             endpoint_wrappers: Vec::new(),
             metadata: BTreeMap::new(),
+            subscriptions: Vec::new(),
             shutdown: None,
         }
     }
@@ -126,6 +129,21 @@ impl Server {
         self
     }
 
+    /// Subscribes `handler` to `topic` on `broker` while the server runs: subscribed at start,
+    /// unsubscribed at stop before in-flight calls drain. For prost messages wrap the handler
+    /// with [`broker::typed`](crate::broker::typed), which dead-letters what does not decode.
+    pub fn subscribe(
+        mut self,
+        broker: &Arc<dyn Broker>,
+        topic: &str,
+        options: SubscribeOptions,
+        handler: Handler,
+    ) -> Self {
+        self.subscriptions
+            .push((broker.clone(), topic.to_string(), options, handler));
+        self
+    }
+
     /// Adds service metadata to the registration.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
@@ -185,6 +203,11 @@ impl Server {
             }],
         };
         let handlers = self.handlers(&service)?;
+        let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
+        for (broker, topic, options, handler) in std::mem::take(&mut self.subscriptions) {
+            subscriptions.push(broker.subscribe(&topic, handler, options.clone()).await?);
+            tracing::info!(%topic, queue = ?options.queue, broker = broker.name(), "subscribed");
+        }
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         for name in &self.names {
@@ -222,6 +245,7 @@ impl Server {
         .await;
         tracing::info!(service = %service.name, node = %service.nodes[0].id, address = %advertised, registry = self.registry.name(), "server started");
         Ok(RunningServer {
+            subscriptions,
             service,
             address: advertised,
             options: self.options,
@@ -357,6 +381,7 @@ impl Service<http::Request<Body>> for RouteFirst {
 
 /// A started server.
 pub struct RunningServer {
+    subscriptions: Vec<Box<dyn Subscription>>,
     service: crate::registry::Service,
     address: SocketAddr,
     options: Options,
@@ -397,6 +422,12 @@ impl RunningServer {
         self.registration.abort();
         if let Err(e) = self.registry.deregister(&self.service).await {
             tracing::warn!(node = %node, error = %e, "deregistration failed; the registry drops the node when its TTL lapses");
+        }
+        for subscription in self.subscriptions {
+            let topic = subscription.topic().to_string();
+            if let Err(e) = subscription.unsubscribe().await {
+                tracing::warn!(%topic, error = %e, "unsubscribe failed");
+            }
         }
         for name in &self.names {
             self.health

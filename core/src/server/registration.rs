@@ -28,7 +28,11 @@ pub(super) async fn spawn(
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            backoff = if healthy { RETRY_FIRST } else { (backoff * 2).min(interval) };
+            backoff = if healthy {
+                RETRY_FIRST
+            } else {
+                (backoff * 2).min(interval)
+            };
             let ok = register_once(&*registry, &service, ttl, healthy).await;
             if ok && !healthy {
                 tracing::info!(service = %service.name, registry = registry.name(), "registered again");

@@ -175,15 +175,15 @@ async fn run_subscriber(
         let outcome = AssertUnwindSafe(handler(message.clone()))
             .catch_unwind()
             .await;
-        let error = match outcome {
+        let (error, rejected) = match outcome {
             Ok(Ok(())) => continue,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "the handler panicked".to_string(),
+            Ok(Err(error)) => (error.to_string(), micro_core::broker::is_rejection(&error)),
+            Err(_) => ("the handler panicked".to_string(), false),
         };
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        if attempt >= MAX_ATTEMPTS {
+        if rejected || attempt >= MAX_ATTEMPTS {
             tracing::error!(%topic, attempt, %error, "message dead-lettered after {MAX_ATTEMPTS} failed deliveries");
             broker
                 .lock()

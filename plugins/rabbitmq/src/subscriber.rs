@@ -305,7 +305,7 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
     } = delivery;
     let body = Bytes::from(data);
     let message = headers::message(&properties, body.clone());
-    let Err(reason) = call(&context.handler, message).await else {
+    let Err((reason, rejected)) = call(&context.handler, message).await else {
         if let Err(err) = acker.ack(BasicAckOptions::default()).await {
             debug!(topic = %context.topic, error = %err, "rabbitmq ack failed; the message will be redelivered");
         }
@@ -335,7 +335,8 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
         AMQPValue::LongString(LongString::from(topic.as_bytes())),
     );
     let deadline = Instant::now() + config.publish_timeout;
-    let dead = attempts >= config.max_attempts;
+    // A rejected message (it cannot be decoded, say) would fail every time: dead-letter it now.
+    let dead = rejected || attempts >= config.max_attempts;
     let published = if dead {
         warn!(%topic, %queue, attempts, %reason, "rabbitmq: handler gave up on a message; dead-lettering it");
         let mut reason = reason;
@@ -399,19 +400,21 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
     }
 }
 
-/// The handler's verdict; a panic, in the call or in the future, counts as an error.
+/// The handler's verdict: the error text and whether it was a
+/// [`Reject`](micro_core::broker::Reject); a panic, in the call or in the future, counts as an
+/// error to retry.
 async fn call(
     handler: &Handler,
     message: micro_core::broker::Message,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), (String, bool)> {
     let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message))) {
         Ok(future) => future,
-        Err(panic) => return Err(panic_text(panic)),
+        Err(panic) => return Err((panic_text(panic), false)),
     };
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(panic) => Err(panic_text(panic)),
+        Ok(Err(err)) => Err((err.to_string(), micro_core::broker::is_rejection(&err))),
+        Err(panic) => Err((panic_text(panic), false)),
     }
 }
 

@@ -154,3 +154,94 @@ async fn poison_message_is_dead_lettered_after_max_attempts() {
     let _ = connection.close(200, "done".into()).await;
     common::delete_queues(&address, &[&queue, &dead_queue]).await;
 }
+
+/// A typed subscriber rejects a message that does not decode: it is dead-lettered after one
+/// run, not retried `max_attempts` times.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_typed_message_is_dead_lettered_at_once() {
+    let address = common::address();
+    let topic = common::unique("test.undecodable");
+    let queue = common::unique("test-undecodable");
+    let dead_exchange = common::unique("test.dead-letter");
+    let dead_queue = common::unique("test-dead-letter");
+    let config = RabbitConfig::new(&address)
+        .with_max_attempts(5)
+        .with_dead_letter_exchange(&dead_exchange)
+        .with_dead_letter_queue(Some(dead_queue.clone()));
+    let broker = common::broker(config).await;
+    let decoded: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let sink = decoded.clone();
+    let typed = micro_core::broker::typed(move |value: prost_types::Duration, _| {
+        let sink = sink.clone();
+        async move {
+            sink.lock().expect("lock").push(value.seconds);
+            Ok(())
+        }
+    });
+    let subscription = broker
+        .subscribe(&topic, typed, SubscribeOptions::queue(&queue))
+        .await
+        .expect("subscribe");
+    broker
+        .publish(&topic, Message::new(vec![0xff, 0xff, 0xff]))
+        .await
+        .expect("publish garbage");
+    let broker_dyn: &dyn Broker = &broker;
+    broker_dyn
+        .publish_message(
+            &topic,
+            &prost_types::Duration {
+                seconds: 42,
+                nanos: 0,
+            },
+        )
+        .await
+        .expect("publish typed");
+
+    let (connection, channel) = common::raw_channel(&address).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no dead letter within 30 s"
+        );
+        if let Some(dead) = channel
+            .basic_get(dead_queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            break dead.delivery;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.data, vec![0xff, 0xff, 0xff]);
+    let headers = dead.properties.headers().clone().expect("headers");
+    assert_eq!(
+        headers.inner().get("x-micro-attempts").cloned(),
+        Some(AMQPValue::LongUInt(1)),
+        "dead-lettered after one run"
+    );
+    match headers.inner().get("x-micro-dead-letter-reason") {
+        Some(AMQPValue::LongString(reason)) => assert!(
+            String::from_utf8_lossy(reason.as_bytes()).contains("cannot decode"),
+            "reason names the decode failure"
+        ),
+        other => panic!("dead-letter reason: {other:?}"),
+    }
+    dead.ack(BasicAckOptions::default()).await.expect("ack");
+    common::eventually(Duration::from_secs(10), "the good message decoded", || {
+        *decoded.lock().expect("lock") == [42]
+    })
+    .await;
+
+    subscription.unsubscribe().await.expect("unsubscribe");
+    broker.close().await;
+    let _ = channel
+        .exchange_delete(
+            dead_exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    common::delete_queues(&address, &[&queue, &dead_queue]).await;
+}
