@@ -38,21 +38,6 @@ async fn run() -> micro_core::Result<()> {
         running.http_address(),
         running.registry_address()
     );
-    shutdown_signal().await;
+    micro_core::server::shutdown_signal().await;
     running.stop().await
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -132,6 +132,22 @@ pub fn catalog() -> Catalog {
     catalog
 }
 
+/// The `main` of every example binary: logging set up, `run` awaited, an error printed as
+/// `<name>: <error>` with exit status 2.
+pub async fn run_binary<E: std::fmt::Display>(
+    name: &str,
+    run: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    init_tracing();
+    match run.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

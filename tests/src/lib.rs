@@ -53,6 +53,20 @@ where
     }
 }
 
+/// Polls `check` every 25 ms, blocking, until true; panics naming `what` after `deadline`.
+/// Returns how long it took.
+pub fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    started.elapsed()
+}
+
 /// The path of a workspace binary built next to this test executable.
 ///
 /// `cargo test`/`nextest` build the binaries of the packages under test; the README's test

@@ -6,19 +6,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use micro_tests::{PrivateEtcd, Process, address_after, binary, get, post};
-
-fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < deadline,
-            "{what}: not within {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    started.elapsed()
-}
+use micro_tests::{PrivateEtcd, Process, address_after, binary, get, post, wait_until};
 
 fn gateway_on(etcd: &PrivateEtcd) -> (Process, std::net::SocketAddr) {
     let mut gateway = Process::start(

@@ -12,7 +12,7 @@ use micro_examples::greeter::v2::greeter_server::GreeterServer as GreeterV2Serve
 use micro_examples::{Greeter, GreeterV2, greeter};
 use micro_gateway::{Gateway, GatewayOptions, RunningGateway};
 use micro_memory::MemoryRegistry;
-use micro_tests::{get, post, raw_http, test_options};
+use micro_tests::{get, post, raw_http, test_options, wait_until};
 
 fn start_gateway(
     runtime: &tokio::runtime::Runtime,
@@ -34,17 +34,6 @@ fn start_gateway(
             .await
             .expect("start gateway")
     })
-}
-
-fn eventually(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + deadline;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < until,
-            "{what}: not within {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 #[test]
@@ -159,7 +148,7 @@ fn redeployed_service_is_callable_by_its_new_method_without_restart() {
             .await
             .expect("start v2")
     });
-    eventually(Duration::from_secs(2), "the new method is routable", || {
+    wait_until(Duration::from_secs(2), "the new method is routable", || {
         post(
             gateway.http_address(),
             "/greeter/Greeter/SayGoodbye",

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use micro_tests::{GatewayProcess, Process, binary, get, post};
+use micro_tests::{GatewayProcess, Process, binary, get, post, wait_until};
 
 fn node_addresses(gateway: &GatewayProcess) -> Vec<String> {
     let response = get(gateway.http, "/greeter");
@@ -21,18 +21,6 @@ fn node_addresses(gateway: &GatewayProcess) -> Vec<String> {
         .flat_map(|s| s["nodes"].as_array().cloned().unwrap_or_default())
         .filter_map(|n| n["address"].as_str().map(String::from))
         .collect()
-}
-
-fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < deadline,
-            "{what}: not within {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    started.elapsed()
 }
 
 fn say_hello(gateway: &GatewayProcess, name: &str) -> String {

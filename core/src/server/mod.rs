@@ -161,7 +161,7 @@ impl Server {
         let signal = self
             .shutdown
             .take()
-            .unwrap_or_else(|| Box::pin(terminate_signal()));
+            .unwrap_or_else(|| Box::pin(shutdown_signal()));
         let running = self.start().await?;
         let mut done = running.done.clone();
         tokio::select! {
@@ -325,7 +325,9 @@ fn advertised_address(local: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn terminate_signal() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C): what [`Server::serve`] and
+/// [`RunningServer::stop_on_signal`] wait for, for binaries that stop other things the same way.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -409,7 +411,7 @@ impl RunningServer {
     pub async fn stop_on_signal(self) -> Result<()> {
         let mut done = self.done.clone();
         tokio::select! {
-            () = terminate_signal() => {}
+            () = shutdown_signal() => {}
             _ = done.changed() => {}
         }
         self.stop().await

@@ -13,7 +13,7 @@ use micro_core::Server;
 use micro_core::options::{Options, ServiceFlags};
 use micro_examples::greeter::v1::greeter_server::{Greeter, GreeterServer};
 use micro_examples::greeter::v1::{HelloReply, HelloRequest};
-use micro_examples::{catalog, greeter, init_tracing};
+use micro_examples::{catalog, greeter};
 use tonic::{Request, Response, Status};
 
 #[derive(Parser)]
@@ -50,14 +50,7 @@ impl Greeter for ConfiguredGreeter {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("config-watch: {e}");
-            ExitCode::from(2)
-        }
-    }
+    micro_examples::run_binary("config-watch", run()).await
 }
 
 async fn run() -> micro_core::Result<()> {

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use micro_core::Client;
 use micro_core::options::{Options, ServiceFlags};
+use micro_examples::catalog;
 use micro_examples::greeter::v1::HelloRequest;
 use micro_examples::greeter::v1::greeter_client::GreeterClient;
-use micro_examples::{catalog, init_tracing};
 
 #[derive(Parser)]
 #[command(
@@ -30,14 +30,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("greeter-client: {e}");
-            ExitCode::from(1)
-        }
-    }
+    micro_examples::run_binary("greeter-client", run()).await
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {

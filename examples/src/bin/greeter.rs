@@ -7,7 +7,7 @@ use clap::Parser;
 use micro_core::Server;
 use micro_core::options::{Options, ServiceFlags};
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::{Greeter, catalog, greeter, init_tracing};
+use micro_examples::{Greeter, catalog, greeter};
 
 #[derive(Parser)]
 #[command(name = "greeter", about = "The greeter service of micro's examples")]
@@ -30,14 +30,7 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("greeter: {e}");
-            ExitCode::from(2)
-        }
-    }
+    micro_examples::run_binary("greeter", run()).await
 }
 
 async fn run() -> micro_core::Result<()> {

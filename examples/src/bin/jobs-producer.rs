@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use micro_core::options::{Options, ServiceFlags};
+use micro_examples::catalog;
 use micro_examples::jobs::EMAIL_TOPIC;
 use micro_examples::jobs::v1::EmailJob;
-use micro_examples::{catalog, init_tracing};
 
 #[derive(Parser)]
 #[command(name = "jobs-producer", about = "Enqueues email jobs on the broker")]
@@ -24,14 +24,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("jobs-producer: {e}");
-            ExitCode::from(2)
-        }
-    }
+    micro_examples::run_binary("jobs-producer", run()).await
 }
 
 async fn run() -> micro_core::Result<()> {

@@ -8,9 +8,9 @@ use clap::Parser;
 use micro_core::Server;
 use micro_core::broker::{SubscribeOptions, typed};
 use micro_core::options::{Options, ServiceFlags};
+use micro_examples::catalog;
 use micro_examples::jobs::v1::EmailJob;
 use micro_examples::jobs::{EMAIL_TOPIC, EMAIL_WORKERS};
-use micro_examples::{catalog, init_tracing};
 
 #[derive(Parser)]
 #[command(name = "jobs-worker", about = "Sends the email jobs of a shared queue")]
@@ -21,14 +21,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("jobs-worker: {e}");
-            ExitCode::from(2)
-        }
-    }
+    micro_examples::run_binary("jobs-worker", run()).await
 }
 
 async fn run() -> micro_core::Result<()> {

@@ -8,7 +8,7 @@ use micro_core::Server;
 use micro_core::options::{Options, ServiceFlags};
 use micro_core::wrapper::RateLimitLayer;
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::{Greeter, catalog, greeter, init_tracing};
+use micro_examples::{Greeter, catalog, greeter};
 
 #[derive(Parser)]
 #[command(
@@ -28,14 +28,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rate-limited: {e}");
-            ExitCode::from(2)
-        }
-    }
+    micro_examples::run_binary("rate-limited", run()).await
 }
 
 async fn run() -> micro_core::Result<()> {
