@@ -234,7 +234,7 @@ async fn dispatch(
 ) -> Response {
     let started = Instant::now();
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), service = tracing::field::Empty, endpoint = tracing::field::Empty);
+    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), service = tracing::field::Empty, endpoint = tracing::field::Empty, request_id = tracing::field::Empty);
     let mut labels = (String::new(), String::new());
     let result =
         tracing::Instrument::instrument(handle(&state, peer, request, &mut labels), span.clone())
@@ -481,6 +481,14 @@ async fn call(
     let message = transcode::from_json(&method.input(), &body, state.options.allow_unknown_fields)?;
     let mut request = tonic::Request::new(message);
     forward_metadata(headers, request.metadata_mut());
+    if !request.metadata().contains_key("x-request-id") {
+        // One id per call, logged by the gateway and by the service that handles it.
+        let id = format!("{:016x}", fastrand::u64(..));
+        tracing::Span::current().record("request_id", id.as_str());
+        if let Ok(value) = id.parse() {
+            request.metadata_mut().insert("x-request-id", value);
+        }
+    }
     let timeout = micro_core::wrapper::grpc_timeout(headers)
         .map_or(state.options.timeout, |t| t.min(state.options.timeout));
     request.set_timeout(timeout);

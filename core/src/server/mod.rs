@@ -219,6 +219,7 @@ impl Server {
         let all = BoxCloneSyncService::new(RouteFirst {
             handlers,
             extra: routes.prepare(),
+            names: Arc::new((service.name.clone(), service.nodes[0].id.clone())),
         });
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -354,6 +355,8 @@ pub async fn shutdown_signal() {
 struct RouteFirst {
     handlers: HandlerService,
     extra: Routes,
+    /// Service name and node id, for the span of each call.
+    names: Arc<(String, String)>,
 }
 
 impl Service<http::Request<Body>> for RouteFirst {
@@ -376,7 +379,16 @@ impl Service<http::Request<Body>> for RouteFirst {
             Box::pin(async move { extra.call(request).await })
         } else {
             let mut handlers = self.handlers.clone();
-            Box::pin(async move { tower::ServiceExt::oneshot(&mut handlers, request).await })
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let span = tracing::info_span!("handle", service = %self.names.0, node = %self.names.1, endpoint = %request.uri().path(), request_id = %request_id);
+            Box::pin(tracing::Instrument::instrument(
+                async move { tower::ServiceExt::oneshot(&mut handlers, request).await },
+                span,
+            ))
         }
     }
 }
