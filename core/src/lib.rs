@@ -8,18 +8,24 @@
 //! Plugins live in their own crates (`micro-memory`, `micro-etcd`, ...) and implement these
 //! traits; nothing here depends on a plugin.
 //!
-//! ```ignore
-//! use micro_core::{Catalog, Options, Server};
-//! # mod greeter { pub fn server() -> tonic::service::Routes { unimplemented!() } }
-//! # async fn run(mut catalog: Catalog, descriptors: &[u8]) -> micro_core::Result<()> {
-//! // Plugins are installed explicitly: micro_memory::install(&mut catalog);
+//! ```no_run
+//! use micro_core::{Catalog, Client, Options, Server};
+//!
+//! # async fn run() -> micro_core::Result<()> {
+//! let mut catalog = Catalog::new();
+//! // Plugins are installed explicitly, e.g. micro_memory::install(&mut catalog);
 //! let options = Options::new("greeter").load()?; // code < micro.toml < MICRO_* < --flags
 //! let registry = catalog.registry(&options).await?;
-//! Server::new(options, registry)
-//!     .descriptors(descriptors)?
-//!     .routes(greeter::server())
-//!     .serve()
-//!     .await
+//! let server = Server::new(options.clone(), registry.clone())
+//!     // .descriptors(greeter::DESCRIPTORS)?                 // your protos, for reflection
+//!     // .add_service(GreeterServer::new(MyGreeter))         // any tonic service
+//!     .start()
+//!     .await?;
+//!
+//! let client = Client::new(&options, registry);
+//! let channel = client.channel("greeter"); // GreeterClient::new(channel) takes it
+//! # drop(channel);
+//! server.stop().await
 //! # }
 //! ```
 
