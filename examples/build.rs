@@ -5,17 +5,16 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    for version in ["v1", "v2"] {
-        let files = protox::compile([format!("greeter/{version}/greeter.proto")], ["../proto"])?;
-        std::fs::write(
-            out.join(format!("greeter_{version}_descriptor.bin")),
-            files.encode_to_vec(),
-        )?;
+    for (proto, descriptor) in [
+        ("greeter/v1/greeter.proto", "greeter_v1_descriptor.bin"),
+        ("greeter/v2/greeter.proto", "greeter_v2_descriptor.bin"),
+        ("jobs/v1/jobs.proto", "jobs_descriptor.bin"),
+        ("auth/v1/auth.proto", "auth_descriptor.bin"),
+    ] {
+        let files = protox::compile([proto], ["../proto"])?;
+        std::fs::write(out.join(descriptor), files.encode_to_vec())?;
         tonic_prost_build::configure().compile_fds(files)?;
     }
-    tonic_prost_build::configure()
-        .compile_fds(protox::compile(["jobs/v1/jobs.proto"], ["../proto"])?)?;
-    println!("cargo:rerun-if-changed=../proto/greeter");
-    println!("cargo:rerun-if-changed=../proto/jobs");
+    println!("cargo:rerun-if-changed=../proto");
     Ok(())
 }

@@ -22,6 +22,7 @@
 //!
 //! Path rules, the error shape and the gRPC → HTTP mapping are in DESIGN §5 and the README.
 
+mod access;
 mod codec;
 mod error;
 mod limit;
@@ -33,6 +34,7 @@ mod route;
 mod schema;
 mod transcode;
 
+pub use access::Access;
 pub use error::{ApiError, http_status};
 pub use limit::ClientLimiter;
 pub use options::{GatewayFlags, GatewayOptions};
@@ -80,6 +82,7 @@ struct GatewayState {
     limiter: Option<Arc<ClientLimiter>>,
     metrics: Metrics,
     cors: Vec<String>,
+    access: Option<Access>,
 }
 
 impl Gateway {
@@ -108,8 +111,17 @@ impl Gateway {
                 limiter,
                 metrics: Metrics::default(),
                 cors,
+                access: None,
             }),
         }
+    }
+
+    /// Checks tokens and rules on every call (see [`Access`]).
+    pub fn with_access(mut self, access: Access) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.access = Some(access);
+        }
+        self
     }
 
     /// The HTTP side as an axum router (needs `ConnectInfo<SocketAddr>`).
@@ -481,6 +493,11 @@ async fn call(
     let message = transcode::from_json(&method.input(), &body, state.options.allow_unknown_fields)?;
     let mut request = tonic::Request::new(message);
     forward_metadata(headers, request.metadata_mut());
+    if let Some(access) = &state.access {
+        access
+            .authorize(headers, service, &labels.1, request.metadata_mut())
+            .await?;
+    }
     if !request.metadata().contains_key("x-request-id") {
         // One id per call, logged by the gateway and by the service that handles it.
         let id = format!("{:016x}", fastrand::u64(..));
@@ -624,6 +641,7 @@ fn forward_metadata(headers: &HeaderMap, metadata: &mut tonic::metadata::Metadat
         let name = name.as_str();
         if SKIP.contains(&name)
             || name.starts_with("grpc-")
+            || name.starts_with(access::ACCOUNT_PREFIX)
             || name.ends_with("-bin")
             || name.starts_with(':')
         {

@@ -32,7 +32,17 @@ async fn run() -> micro_core::Result<()> {
     micro_consul::install(&mut catalog);
     let registry: Arc<dyn micro_core::Registry> = catalog.registry(&options.service).await?;
     let registry_name = registry.name().to_string();
-    let running = Gateway::new(options, registry).start().await?;
+    let mut gateway = Gateway::new(options.clone(), registry);
+    if let Some(rules) = &options.auth_rules {
+        let auth = micro_jwt::JwtAuth::from_env()?;
+        let rules = micro_jwt::Rules::watch_file(rules, micro_jwt::DEFAULT_POLL)?;
+        gateway = gateway.with_access(micro_gateway::Access::new(
+            Arc::new(auth),
+            rules,
+            options.auth_cookie.clone(),
+        ));
+    }
+    let running = gateway.start().await?;
     println!(
         "micro-gateway listening on http://{} (registry {registry_name}, served on {})",
         running.http_address(),

@@ -41,6 +41,13 @@ pub struct GatewayFlags {
     /// Accept JSON fields the message does not have [default: false]
     #[arg(long, env = "MICRO_GATEWAY_ALLOW_UNKNOWN_FIELDS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_unknown_fields: Option<String>,
+    /// Access rules (JSON or TOML, reloaded on change); turns on token checks, with keys from
+    /// MICRO_AUTH_JWT_* [default: off]
+    #[arg(long, env = "MICRO_GATEWAY_AUTH_RULES", value_name = "PATH")]
+    pub auth_rules: Option<String>,
+    /// Also read the access token from this cookie [default: Authorization header only]
+    #[arg(long, env = "MICRO_GATEWAY_AUTH_COOKIE", value_name = "NAME")]
+    pub auth_cookie: Option<String>,
     /// Trust X-Forwarded-For for the client IP (only behind a proxy you run) [default: false]
     #[arg(long, env = "MICRO_GATEWAY_BEHIND_PROXY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub behind_proxy: Option<String>,
@@ -85,6 +92,10 @@ pub struct GatewayOptions {
     /// Trust X-Forwarded-For.
     #[serde(deserialize_with = "boolean")]
     pub behind_proxy: bool,
+    /// Access rules file; token checks are on when set.
+    pub auth_rules: Option<std::path::PathBuf>,
+    /// Cookie that may carry the access token.
+    pub auth_cookie: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -104,6 +115,8 @@ impl Default for GatewayOptions {
             cors_origins: None,
             allow_unknown_fields: false,
             behind_proxy: false,
+            auth_rules: None,
+            auth_cookie: None,
         }
     }
 }

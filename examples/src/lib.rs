@@ -8,7 +8,8 @@
 //! - `rate-limited`: the greeter with SayHello limited to N calls per second;
 //! - `quickstart`: server and client in one process, prints the reply;
 //! - `config-watch`: the greeter with its greeting read live from the Config component;
-//! - `jobs-producer`, `jobs-worker`: email jobs through the broker, workers sharing one queue.
+//! - `jobs-producer`, `jobs-worker`: email jobs through the broker, workers sharing one queue;
+//! - `auth`: Login and Refresh for JWT pairs, and a greeter whose SayHello needs a scope.
 
 use std::time::Duration;
 
@@ -36,6 +37,18 @@ pub mod greeter {
     /// The encoded `FileDescriptorSet` of `greeter.v2`.
     pub const DESCRIPTORS_V2: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/greeter_v2_descriptor.bin"));
+}
+
+/// Generated code and descriptors of `proto/auth/v1/auth.proto`.
+pub mod auth {
+    /// Package `auth.v1`.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("auth.v1");
+    }
+
+    /// The encoded `FileDescriptorSet` of `auth.v1`.
+    pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/auth_descriptor.bin"));
 }
 
 /// Generated code of `proto/jobs/v1/jobs.proto`.

@@ -1,0 +1,175 @@
+//! # Bench `client`: what discovery and load balancing cost per call (issue 3)
+//!
+//! Starts the greeter in-process on `127.0.0.1:0`, registered in a `MemoryRegistry`, then calls
+//! `SayHello` with the same load two ways, interleaved (a, b, a, b) to cancel drift:
+//!
+//! - **(a)** `micro_core::Client` (registry resolution from its cache, round-robin pick, the
+//!   per-call timeout and retry bookkeeping) wrapped with a no-op tower layer
+//!   (`tower::layer::util::Identity`), through `GreeterClient::new(client.channel("greeter"))`;
+//! - **(b)** a plain `tonic::transport::Channel` to the same address (the baseline).
+//!
+//! Prints calls/s, p50 and p99 for each and the throughput ratio a/b (target ≥ 0.95: discovery
+//! costs at most 5%). Both use one HTTP/2 connection (TCP_NODELAY) shared by all callers.
+//!
+//! A **control** pair (a', b') then repeats the comparison against the same greeter served by a
+//! bare `tonic::transport::Server` whose accepted sockets have TCP_NODELAY (registered by hand in
+//! a second `MemoryRegistry`): `micro_core::Server` serves a `TcpListenerStream`, whose accepted
+//! sockets keep Nagle on, and the resulting ~40 ms stalls (Nagle × delayed ACK) can swamp the
+//! client's own cost. The control isolates what the client costs.
+//!
+//! Run: `cargo bench -p micro-benches --bench client`
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{BoxError, Caller, ROUNDS, Stats, measure, print_setup};
+use micro_core::client::ServiceChannel;
+use micro_core::{Client, Options, Registry, Server};
+use micro_examples::Greeter;
+use micro_examples::greeter::v1::HelloRequest;
+use micro_examples::greeter::v1::greeter_client::GreeterClient;
+use micro_examples::greeter::v1::greeter_server::GreeterServer;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint};
+use tower::layer::util::Identity;
+
+/// Calls through the micro client (discovery, balancing, a no-op layer).
+struct ThroughMicro(GreeterClient<ServiceChannel>);
+
+impl Caller for ThroughMicro {
+    async fn call(&mut self) -> Result<(), String> {
+        say_hello(&mut self.0).await
+    }
+}
+
+/// Calls through a plain tonic channel.
+struct ThroughTonic(GreeterClient<Channel>);
+
+impl Caller for ThroughTonic {
+    async fn call(&mut self) -> Result<(), String> {
+        say_hello(&mut self.0).await
+    }
+}
+
+async fn say_hello<T>(client: &mut GreeterClient<T>) -> Result<(), String>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<BoxError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<BoxError> + Send,
+{
+    let reply = client
+        .say_hello(HelloRequest {
+            name: "bench".into(),
+        })
+        .await
+        .map_err(|status| status.to_string())?;
+    if reply.get_ref().message != "Hello bench" {
+        return Err(format!("unexpected reply {:?}", reply.get_ref().message));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let options = Options::new("greeter").load_from(["bench"])?;
+    let registry: Arc<dyn Registry> = Arc::new(micro_memory::MemoryRegistry::new());
+    let server = Server::new(options.clone(), registry.clone())
+        .descriptors(micro_examples::greeter::DESCRIPTORS)?
+        .add_service(GreeterServer::new(Greeter::default()))
+        .start()
+        .await?;
+    let address = server.address();
+
+    let micro = Client::new(&options, registry).wrap(Identity::new());
+    let micro = GreeterClient::new(micro.channel("greeter"));
+    let tonic = Endpoint::from_shared(format!("http://{address}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let tonic = GreeterClient::new(tonic);
+
+    print_setup(&format!("bench client: greeter SayHello on {address}"));
+    println!("-- greeter on micro_core::Server (the comparison of issue 3)");
+    compare(&micro, &tonic, "").await;
+
+    // The control: the same greeter on a bare tonic server with TCP_NODELAY on accepted sockets.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control = listener.local_addr()?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(GreeterServer::new(Greeter::default()))
+            .serve_with_incoming(incoming),
+    );
+    let mut registration = server.registration().clone();
+    registration.nodes[0].id = "greeter-control".into();
+    registration.nodes[0].address = control.to_string();
+    let control_registry: Arc<dyn Registry> = Arc::new(micro_memory::MemoryRegistry::new());
+    control_registry
+        .register(&registration, Duration::from_secs(3600))
+        .await?;
+    let micro = Client::new(&options, control_registry).wrap(Identity::new());
+    let micro = GreeterClient::new(micro.channel("greeter"));
+    let tonic = Endpoint::from_shared(format!("http://{control}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let tonic = GreeterClient::new(tonic);
+    println!();
+    println!("-- control: greeter on a bare tonic server with TCP_NODELAY on {control}");
+    compare(&micro, &tonic, "'").await;
+
+    serving.abort();
+    server.stop().await?;
+    Ok(())
+}
+
+/// Measures (a) and (b) interleaved, prints each round, the totals and the ratio.
+async fn compare(
+    micro: &GreeterClient<ServiceChannel>,
+    tonic: &GreeterClient<Channel>,
+    mark: &str,
+) {
+    let (mut a, mut b) = (Stats::default(), Stats::default());
+    for round in 1..=ROUNDS {
+        let stats = measure(
+            (0..common::CONCURRENCY)
+                .map(|_| ThroughMicro(micro.clone()))
+                .collect(),
+        )
+        .await;
+        println!(
+            "{}",
+            stats.line(&format!(
+                "round {round} (a{mark}) micro Client + no-op layer"
+            ))
+        );
+        a.merge(&stats);
+        let stats = measure(
+            (0..common::CONCURRENCY)
+                .map(|_| ThroughTonic(tonic.clone()))
+                .collect(),
+        )
+        .await;
+        println!(
+            "{}",
+            stats.line(&format!("round {round} (b{mark}) plain tonic Channel"))
+        );
+        b.merge(&stats);
+    }
+    println!(
+        "{}",
+        a.line(&format!("all (a{mark}) micro Client + no-op layer"))
+    );
+    println!("{}", b.line(&format!("all (b{mark}) plain tonic Channel")));
+    let ratio = a.rate() / b.rate();
+    println!(
+        "ratio a{mark}/b{mark} throughput {ratio:.3} (target >= 0.95: {}); p50 a-b {:+.1} µs, p99 a/b {:.2}",
+        if ratio >= 0.95 { "met" } else { "MISSED" },
+        a.quantile_us(0.5) - b.quantile_us(0.5),
+        a.quantile_us(0.99) / b.quantile_us(0.99),
+    );
+}
