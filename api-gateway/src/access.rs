@@ -91,10 +91,10 @@ impl Access {
                 metadata.insert("x-micro-account-scopes", scopes);
             }
             // The service verifies again: hand it the token the cookie carried.
-            if let (true, Some(token)) = (from_cookie, token) {
-                if let Ok(value) = MetadataValue::try_from(format!("Bearer {token}")) {
-                    metadata.insert("authorization", value);
-                }
+            if let (true, Some(token)) = (from_cookie, token)
+                && let Ok(value) = MetadataValue::try_from(format!("Bearer {token}"))
+            {
+                metadata.insert("authorization", value);
             }
         }
         Ok(())
