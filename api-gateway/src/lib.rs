@@ -162,7 +162,8 @@ impl Gateway {
                 tonic::transport::Server::builder()
                     .add_service(service)
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(registry_listener),
+                        tonic::transport::server::TcpIncoming::from(registry_listener)
+                            .with_nodelay(Some(true)),
                         stopped,
                     )
                     .await
@@ -183,10 +184,16 @@ impl Gateway {
         let http_server = tokio::spawn({
             let stopped = until_stopped(stopped.clone());
             async move {
-                axum::serve(http, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                    .map_err(Error::Io)
+                axum::serve(
+                    axum::serve::ListenerExt::tap_io(http, |tcp| {
+                        // Small JSON replies must not wait for Nagle.
+                        let _ = tcp.set_nodelay(true);
+                    }),
+                    app,
+                )
+                .with_graceful_shutdown(stopped)
+                .await
+                .map_err(Error::Io)
             }
         });
         tracing::info!(%http_address, %registry_address, registry = self.state.registry.name(), "gateway started");

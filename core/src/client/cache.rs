@@ -1,17 +1,25 @@
-//! Resolved nodes per service, kept fresh by a registry watch.
+//! Resolved nodes per service, each with its channel, kept fresh by a registry watch.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::registry::{Node, Registry};
 use crate::{Error, Result};
 
+/// A node and the channel to it (connecting lazily, reconnecting by itself).
+pub(super) struct Target {
+    pub(super) node: Node,
+    pub(super) channel: Channel,
+}
+
 /// The live nodes of one service and its round-robin position.
 pub(super) struct Resolved {
-    pub(super) nodes: Vec<Node>,
+    pub(super) targets: Vec<Target>,
     pub(super) turn: AtomicUsize,
 }
 
@@ -22,29 +30,40 @@ pub(super) struct Cache {
 
 impl Cache {
     fn get(&self, service: &str) -> Option<Arc<Resolved>> {
-        self.services
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(service)
-            .cloned()
+        self.lock().get(service).cloned()
     }
 
+    /// Replaces the nodes of `service`, keeping the channels of nodes still there.
     fn put(&self, service: &str, nodes: Vec<Node>) {
-        let resolved = Arc::new(Resolved {
-            nodes,
-            turn: AtomicUsize::new(fastrand::usize(..)),
-        });
-        self.services
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(service.to_string(), resolved);
+        let mut services = self.lock();
+        let previous = services.get(service).cloned();
+        let targets = nodes
+            .into_iter()
+            .filter_map(|node| {
+                let kept = previous.as_ref().and_then(|p| p.targets.iter().find(|t| t.node.address == node.address)).map(|t| t.channel.clone());
+                let channel = match kept {
+                    Some(channel) => channel,
+                    None => match Endpoint::from_shared(format!("http://{}", node.address)) {
+                        Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true).connect_lazy(),
+                        Err(e) => {
+                            tracing::warn!(%service, node = %node.id, address = %node.address, error = %e, "node address unusable; skipped");
+                            return None;
+                        }
+                    },
+                };
+                Some(Target { node, channel })
+            })
+            .collect();
+        let turn = AtomicUsize::new(fastrand::usize(..));
+        services.insert(service.to_string(), Arc::new(Resolved { targets, turn }));
     }
 
     fn forget(&self, service: &str) {
-        self.services
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(service);
+        self.lock().remove(service);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Resolved>>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -94,27 +113,20 @@ async fn keep_fresh(
     loop {
         let event = watcher.next().await;
         let Some(cache) = cache.upgrade() else { return };
-        match event {
+        let failure = match event {
             Some(Ok(_)) => match fetch(&*registry, &service).await {
                 Ok(nodes) => {
                     tracing::debug!(%service, nodes = nodes.len(), "nodes changed");
                     cache.put(&service, nodes);
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(%service, error = %e, "cannot refresh nodes; resolving afresh on the next call");
-                    cache.forget(&service);
-                    return;
-                }
+                Err(e) => format!("cannot refresh nodes: {e}"),
             },
-            Some(Err(e)) => {
-                tracing::warn!(%service, error = %e, "registry watch failed; resolving afresh on the next call");
-                cache.forget(&service);
-                return;
-            }
-            None => {
-                cache.forget(&service);
-                return;
-            }
-        }
+            Some(Err(e)) => format!("registry watch failed: {e}"),
+            None => "registry watch ended".to_string(),
+        };
+        tracing::warn!(%service, "{failure}; resolving afresh on the next call");
+        cache.forget(&service);
+        return;
     }
 }

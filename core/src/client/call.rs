@@ -1,22 +1,21 @@
 //! One call: resolve, pick a node, send, retry on another node if nothing was taken.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
 use super::Selector;
 use super::body::SharedBody;
-use super::cache::{Cache, Resolved, resolve};
-use crate::registry::{Node, Registry};
+use super::cache::{Cache, Resolved, Target, resolve};
+use crate::registry::Registry;
 use crate::wrapper::rate_limit::grpc_timeout;
 use crate::{BoxError, Error};
 
@@ -29,8 +28,10 @@ pub(super) struct Inner {
     pub(super) retries: u32,
     pub(super) selector: Selector,
     cache: Arc<Cache>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Addresses that failed lately, and until when they are passed over.
     cooling: Mutex<HashMap<String, Instant>>,
+    /// Whether `cooling` may hold anything: lets the common call skip its lock.
+    any_cooling: AtomicBool,
 }
 
 impl Inner {
@@ -46,52 +47,46 @@ impl Inner {
             retries,
             selector,
             cache: Arc::default(),
-            channels: Mutex::default(),
             cooling: Mutex::default(),
+            any_cooling: AtomicBool::new(false),
         }
     }
 
-    /// A lazily connecting channel per address, shared by every call.
-    fn channel(&self, address: &str) -> Result<Channel, Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
+    fn index(&self, resolved: &Resolved, len: usize) -> usize {
+        match self.selector {
+            Selector::RoundRobin => resolved.turn.fetch_add(1, Ordering::Relaxed) % len,
+            Selector::Random => fastrand::usize(..len),
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::invalid("node address", format!("`{address}`: {e}")))?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(address.to_string(), channel.clone());
-        Ok(channel)
     }
 
-    fn pick(&self, resolved: &Resolved, tried: &HashSet<String>) -> Option<Node> {
+    /// The next node: any, when nothing failed lately (no lock, no allocation); else one not
+    /// yet tried, preferring nodes that are not cooling down.
+    fn pick<'a>(&self, resolved: &'a Resolved, tried: &[String]) -> Option<&'a Target> {
+        let targets = &resolved.targets;
+        if targets.is_empty() {
+            return None;
+        }
+        if tried.is_empty() && !self.any_cooling.load(Ordering::Relaxed) {
+            return Some(&targets[self.index(resolved, targets.len())]);
+        }
         let now = Instant::now();
-        let cooling = self.cooling.lock().unwrap_or_else(|p| p.into_inner());
-        let untried: Vec<&Node> = resolved
-            .nodes
+        let mut cooling = self.cooling.lock().unwrap_or_else(|p| p.into_inner());
+        cooling.retain(|_, until| *until > now);
+        if cooling.is_empty() {
+            self.any_cooling.store(false, Ordering::Relaxed);
+        }
+        let untried: Vec<&Target> = targets
             .iter()
-            .filter(|n| !tried.contains(&n.address))
+            .filter(|t| !tried.contains(&t.node.address))
             .collect();
-        let warm: Vec<&Node> = untried
+        let warm: Vec<&Target> = untried
             .iter()
             .copied()
-            .filter(|n| cooling.get(&n.address).is_none_or(|until| *until <= now))
+            .filter(|t| !cooling.contains_key(&t.node.address))
             .collect();
         // Prefer nodes that have not failed lately, but try a cooling one over failing the call.
         let candidates = if warm.is_empty() { untried } else { warm };
-        if candidates.is_empty() {
-            return None;
-        }
-        let index = match self.selector {
-            Selector::RoundRobin => {
-                resolved.turn.fetch_add(1, Ordering::Relaxed) % candidates.len()
-            }
-            Selector::Random => fastrand::usize(..candidates.len()),
-        };
-        Some(candidates[index].clone())
+        (!candidates.is_empty()).then(|| candidates[self.index(resolved, candidates.len())])
     }
 
     fn cool(&self, address: &str) {
@@ -99,11 +94,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(address.to_string(), Instant::now() + COOLDOWN);
-        // Drop the channel too: a restarted node may come back on the same address.
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(address);
+        self.any_cooling.store(true, Ordering::Relaxed);
     }
 }
 
@@ -164,32 +155,32 @@ async fn attempts(
         .map_err(unavailable)?;
     let (parts, body) = request.into_parts();
     let body = SharedBody::new(body);
-    let mut tried = HashSet::new();
+    let mut tried: Vec<String> = Vec::new();
     let mut last_error: Option<BoxError> = None;
     for attempt in 0..=inner.retries {
-        let Some(node) = inner.pick(&resolved, &tried) else {
+        let Some(target) = inner.pick(&resolved, &tried) else {
             break;
         };
-        let channel = inner.channel(&node.address).map_err(unavailable)?;
         let mut request = http::Request::new(body.reader());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.version_mut() = parts.version;
         *request.headers_mut() = parts.headers.clone();
         *request.extensions_mut() = parts.extensions.clone();
-        match channel.oneshot(request).await {
+        let (node, address) = (&target.node.id, &target.node.address);
+        match target.channel.clone().oneshot(request).await {
             Ok(response) => return Ok(response),
             Err(error) if !body.taken() => {
-                tracing::warn!(%service, node = %node.id, address = %node.address, attempt, error = %error, "node unreachable; trying another");
-                inner.cool(&node.address);
-                tried.insert(node.address);
+                tracing::warn!(%service, %node, %address, attempt, error = %error, "node unreachable; trying another");
+                inner.cool(address);
+                tried.push(address.clone());
                 last_error = Some(error.into());
             }
             Err(error) => {
                 // Part of the request was sent: it may have reached the handler, so it is not
                 // retried; the node is still passed over by the next calls.
-                inner.cool(&node.address);
-                return Err(tonic::Status::unavailable(format!("node {} of `{service}` failed during the call (not retried: the request may have reached its handler): {error}", node.address)).into());
+                inner.cool(address);
+                return Err(tonic::Status::unavailable(format!("node {address} of `{service}` failed during the call (not retried: the request may have reached its handler): {error}")).into());
             }
         }
     }

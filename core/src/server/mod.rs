@@ -18,7 +18,6 @@ use prost_reflect::DescriptorPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -232,7 +231,11 @@ impl Server {
         };
         let serving = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
-                .serve_with_incoming_shutdown(all, TcpListenerStream::new(listener), graceful)
+                .serve_with_incoming_shutdown(
+                    all,
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    graceful,
+                )
                 .await;
             let _ = done_tx.send(true);
             result.map_err(|e| Error::Server(e.to_string()))
