@@ -77,7 +77,6 @@ pub struct Gateway {
 struct GatewayState {
     options: GatewayOptions,
     registry: Arc<dyn Registry>,
-    client: Client,
     schemas: Arc<Schemas>,
     limiter: Option<Arc<ClientLimiter>>,
     metrics: Metrics,
@@ -106,7 +105,6 @@ impl Gateway {
             state: Arc::new(GatewayState {
                 options,
                 registry,
-                client,
                 schemas,
                 limiter,
                 metrics: Metrics::default(),
@@ -478,7 +476,7 @@ async fn call(
     headers: &HeaderMap,
     input: Input,
 ) -> Result<Response, ApiError> {
-    let method = resolve_method(state, service, grpc_service, method_name).await?;
+    let (method, schema) = resolve_method(state, service, grpc_service, method_name).await?;
     *labels = (
         service.to_string(),
         format!("{}.{}", method.parent_service().name(), method.name()),
@@ -522,7 +520,7 @@ async fn call(
         method.name()
     ))
     .map_err(|e| ApiError::bad_request(format!("bad method path: {e}")))?;
-    let mut grpc = tonic::client::Grpc::new(state.client.channel(service));
+    let mut grpc = tonic::client::Grpc::new(schema.channel.clone());
     grpc.ready()
         .await
         .map_err(|e| ApiError::from_status(&tonic::Status::from_error(Box::new(e))))?;
@@ -534,14 +532,14 @@ async fn call(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Finds the method; when it is unknown and the cached descriptors are not fresh, fetches them
+/// Finds the method (and the schema it came from); when it is unknown and the cached descriptors are not fresh, fetches them
 /// again once (a service may have been redeployed with a new method).
 async fn resolve_method(
     state: &GatewayState,
     service: &str,
     grpc_service: Option<&str>,
     method: &str,
-) -> Result<MethodDescriptor, ApiError> {
+) -> Result<(MethodDescriptor, Arc<schema::Schema>), ApiError> {
     let schema = state.schemas.get(service).await?;
     match route::find_method(service, &schema.services, grpc_service, method) {
         Err(e)
@@ -550,9 +548,9 @@ async fn resolve_method(
         {
             state.schemas.forget(service);
             let schema = state.schemas.get(service).await?;
-            route::find_method(service, &schema.services, grpc_service, method)
+            route::find_method(service, &schema.services, grpc_service, method).map(|m| (m, schema))
         }
-        result => result,
+        result => result.map(|m| (m, schema)),
     }
 }
 

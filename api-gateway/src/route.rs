@@ -114,6 +114,15 @@ pub(crate) fn find_method(
     grpc_service: Option<&str>,
     method: &str,
 ) -> Result<MethodDescriptor, ApiError> {
+    // The common case, names as declared, without normalizing (allocating) anything.
+    let mut exact = services
+        .iter()
+        .filter(|s| grpc_service.is_none_or(|g| g == s.name() || g == s.full_name()))
+        .flat_map(|s| s.methods())
+        .filter(|m| m.name() == method);
+    if let (Some(found), None) = (exact.next(), exact.next()) {
+        return Ok(found);
+    }
     let candidates: Vec<&ServiceDescriptor> = match grpc_service {
         Some(wanted) => {
             let wanted = normalize(wanted);

@@ -19,6 +19,8 @@ pub(crate) struct Schema {
     pub(crate) services: Vec<ServiceDescriptor>,
     /// When the descriptors were fetched.
     pub(crate) fetched: Instant,
+    /// The client channel to the service, made once rather than per request.
+    pub(crate) channel: micro_core::client::ServiceChannel,
 }
 
 type Entry = Arc<OnceCell<Arc<Schema>>>;
@@ -101,6 +103,7 @@ impl Schemas {
             .collect();
         tracing::info!(%service, grpc_services = ?names, "descriptors fetched by reflection");
         Ok(Arc::new(Schema {
+            channel: self.client.channel(service),
             services,
             fetched: Instant::now(),
         }))
