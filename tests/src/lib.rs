@@ -397,6 +397,13 @@ pub fn address_after(line: &str, marker: &str) -> std::net::SocketAddr {
         .unwrap_or_else(|e| panic!("bad address {address:?} in {line:?}: {e}"))
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// An etcd of a test's own, on free ports, that the test may stop and start again.
 pub struct PrivateEtcd {
     /// Its client address (`127.0.0.1:port`).
@@ -409,19 +416,18 @@ pub struct PrivateEtcd {
 impl PrivateEtcd {
     /// Starts etcd (installed by `scripts/setup`) and waits until it answers.
     pub fn start() -> PrivateEtcd {
-        let free_port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port()
-        };
+        Self::start_on(&free_port().to_string())
+    }
+
+    /// Starts etcd with its client on `127.0.0.1:<port>`.
+    pub fn start_on(port: &str) -> PrivateEtcd {
         let data = std::env::temp_dir().join(format!(
             "micro-test-etcd-{}-{:08x}",
             std::process::id(),
             fastrand_u32()
         ));
         let mut etcd = PrivateEtcd {
-            address: format!("127.0.0.1:{}", free_port()),
+            address: format!("127.0.0.1:{port}"),
             peer: format!("127.0.0.1:{}", free_port()),
             data,
             process: None,

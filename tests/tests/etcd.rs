@@ -195,17 +195,73 @@ fn greeting_changes_in_etcd_reach_the_next_reply_without_restart() {
 }
 
 #[test]
-fn unreachable_etcd_at_start_is_an_error_naming_the_address() {
-    let started = Instant::now();
-    let output = Command::new(binary("greeter"))
-        .args(["--registry", "etcd", "--registry-address", "127.0.0.1:1"])
-        .output()
-        .expect("run greeter");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "fails promptly, not after a hang"
+fn unreachable_etcd_at_start_is_named_and_the_server_keeps_trying() {
+    let etcd_address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        listener.local_addr().expect("address").to_string()
+    };
+    let mut greeter = Process::start(
+        "greeter",
+        &[
+            "--registry",
+            "etcd",
+            "--registry-address",
+            &etcd_address,
+            "--register-interval",
+            "1s",
+            "--register-ttl",
+            "3s",
+        ],
+        &[],
+        None,
     );
+    greeter.line_containing("listening on", Duration::from_secs(30));
+    wait_until(
+        Duration::from_secs(15),
+        "the failure is logged naming the address",
+        || {
+            greeter
+                .stderr()
+                .contains(&format!("cannot reach etcd at {etcd_address}"))
+        },
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "registration failures are logged again, once per interval",
+        || greeter.stderr().matches("registration failed").count() >= 2,
+    );
+    let failures = greeter.stderr().matches("registration failed").count();
+    assert!(
+        failures <= 20,
+        "logged at most once per interval, not per retry: {failures}"
+    );
+    assert!(
+        greeter.child.try_wait().expect("status").is_none(),
+        "the server keeps running"
+    );
+
+    // When etcd does come up on that address, the server registers by itself.
+    let port = etcd_address.rsplit(':').next().expect("port").to_string();
+    let etcd = PrivateEtcd::start_on(&port);
+    let (_gateway, http) = gateway_on(&etcd);
+    wait_until(
+        Duration::from_secs(15),
+        "registered once etcd answers",
+        || hello(http, "greeter", "late").as_deref() == Some("Hello late"),
+    );
+
+    // A config that cannot be reached is an error at start, naming the address.
+    let output = Command::new(binary("config-watch"))
+        .args([
+            "--registry",
+            "memory",
+            "--config",
+            "etcd",
+            "--config-address",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .expect("run config-watch");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:1"));
 }

@@ -1,16 +1,18 @@
 //! Keeping the registration fresh: register at once, then every interval. While registering
 //! fails (the registry is down or not started yet), retry sooner, backing off from 250 ms up to
-//! the interval, and log the failure once, then quietly until it recovers.
+//! the interval, and log the failure at most once per interval until it recovers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::options::Options;
 use crate::registry::{Registry, Service};
 
-const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const RETRY_FIRST: Duration = Duration::from_millis(250);
 
 pub(super) async fn spawn(
     registry: Arc<dyn Registry>,
@@ -19,7 +21,8 @@ pub(super) async fn spawn(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let (ttl, interval) = (options.register_ttl, options.register_interval);
-    let mut healthy = register_once(&*registry, &service, ttl, true).await;
+    let mut log = FailureLog::new(interval);
+    let mut healthy = log.outcome(&*registry, &service, registry.register(&service, ttl).await);
     tokio::spawn(async move {
         let mut backoff = RETRY_FIRST;
         loop {
@@ -33,30 +36,47 @@ pub(super) async fn spawn(
             } else {
                 (backoff * 2).min(interval)
             };
-            let ok = register_once(&*registry, &service, ttl, healthy).await;
-            if ok && !healthy {
-                tracing::info!(service = %service.name, registry = registry.name(), "registered again");
-            }
-            healthy = ok;
+            healthy = log.outcome(&*registry, &service, registry.register(&service, ttl).await);
         }
     })
 }
 
-async fn register_once(
-    registry: &dyn Registry,
-    service: &Service,
-    ttl: std::time::Duration,
-    was_healthy: bool,
-) -> bool {
-    match registry.register(service, ttl).await {
-        Ok(()) => true,
-        Err(e) => {
-            if was_healthy {
-                tracing::error!(service = %service.name, registry = registry.name(), error = %e, "registration failed; retrying until the registry answers");
-            } else {
-                tracing::debug!(service = %service.name, error = %e, "registration still failing");
+/// Logs failures at most once per interval, and the recovery once.
+struct FailureLog {
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl FailureLog {
+    fn new(interval: Duration) -> Self {
+        FailureLog {
+            interval,
+            last: None,
+        }
+    }
+
+    fn outcome(
+        &mut self,
+        registry: &dyn Registry,
+        service: &Service,
+        result: crate::Result<()>,
+    ) -> bool {
+        match result {
+            Ok(()) => {
+                if self.last.take().is_some() {
+                    tracing::info!(service = %service.name, registry = registry.name(), "registered again");
+                }
+                true
             }
-            false
+            Err(e) => {
+                if self.last.is_none_or(|at| at.elapsed() >= self.interval) {
+                    tracing::error!(service = %service.name, registry = registry.name(), error = %e, "registration failed; retrying until the registry answers");
+                    self.last = Some(Instant::now());
+                } else {
+                    tracing::debug!(service = %service.name, error = %e, "registration still failing");
+                }
+                false
+            }
         }
     }
 }

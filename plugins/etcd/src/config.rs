@@ -346,8 +346,26 @@ impl Config for EtcdConfig {
 
     async fn watch(&self, path: &str) -> Result<ConfigWatcher> {
         segments(path)?;
-        let tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-        self.shared.hub.watch(path, &tree.root)
+        // The watcher starts from what etcd holds now, as `get` reads it, not from the local
+        // tree, which may lag behind a write just made: else it would report that older write.
+        let baseline = match self.get(path).await {
+            Ok(now) => {
+                let mut baseline = Value::Object(Default::default());
+                if let Some(value) = now {
+                    let segments = split_path(path)?;
+                    set_path(&mut baseline, &segments, value);
+                }
+                baseline
+            }
+            Err(_) => self
+                .shared
+                .tree
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .root
+                .clone(),
+        };
+        self.shared.hub.watch(path, &baseline)
     }
 }
 

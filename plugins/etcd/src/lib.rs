@@ -58,7 +58,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn install(catalog: &mut Catalog) {
     catalog.add_registry(NAME, |opts| async move {
         let address = opts.address.unwrap_or_else(|| DEFAULT_ADDRESS.into());
-        Ok(Arc::new(EtcdRegistry::connect(&address).await?) as _)
+        // A server must come up and keep trying to register while etcd is away: an
+        // unreachable etcd is reported here, and the registry is returned all the same.
+        Ok(Arc::new(EtcdRegistry::connect_tolerant(&address).await?) as _)
     });
     catalog.add_config(NAME, |opts| async move {
         let address = opts.address.unwrap_or_else(|| DEFAULT_ADDRESS.into());
@@ -94,6 +96,16 @@ pub(crate) fn endpoints(address: &str) -> Vec<String> {
 
 /// Connects to `address` and checks etcd answers, within a bounded time.
 pub(crate) async fn connect(component: &'static str, address: &str) -> Result<Conn> {
+    connect_checked(component, address, true).await
+}
+
+/// Connects to `address`; when `require_answer` is false an etcd that does not answer yet is
+/// logged as an error naming the endpoints, and the lazily connecting client returned anyway.
+pub(crate) async fn connect_checked(
+    component: &'static str,
+    address: &str,
+    require_answer: bool,
+) -> Result<Conn> {
     let list = endpoints(address);
     let joined = list.join(",");
     let options = ConnectOptions::new()
@@ -104,7 +116,16 @@ pub(crate) async fn connect(component: &'static str, address: &str) -> Result<Co
         .await
         .map_err(|e| Error::backend(component, NAME, format!("connect {joined}"), e))?;
     // The channel connects lazily: ask for the status so an unreachable etcd is reported here.
-    match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), client.status()).await {
+    let answer =
+        tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), client.status()).await;
+    if !require_answer && !matches!(answer, Ok(Ok(_))) {
+        tracing::error!(endpoints = %joined, "cannot reach etcd at {joined}; the {component} keeps trying");
+        return Ok(Conn {
+            client,
+            endpoints: joined,
+        });
+    }
+    match answer {
         Ok(Ok(_)) => Ok(Conn {
             client,
             endpoints: joined,

@@ -67,6 +67,16 @@ impl EtcdRegistry {
         })
     }
 
+    /// Like [`connect`](Self::connect), but an etcd that does not answer yet is logged as an
+    /// error naming the endpoints instead of failing: registrations fail (naming them) until it
+    /// answers, and a server's registration loop keeps trying. What the catalog uses.
+    pub async fn connect_tolerant(address: &str) -> Result<Self> {
+        Ok(EtcdRegistry {
+            conn: crate::connect_checked(COMPONENT, address, false).await?,
+            nodes: Mutex::default(),
+        })
+    }
+
     /// The registry on an already connected client; `endpoints` names it in errors.
     pub fn from_client(client: etcd_client::Client, endpoints: impl Into<String>) -> Self {
         EtcdRegistry {
