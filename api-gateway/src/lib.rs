@@ -728,3 +728,61 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_end_to_end_headers_only() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer t"),
+            ("x-trace", "abc"),
+            ("te", "trailers"),
+            ("connection", "keep-alive"),
+            ("grpc-timeout", "1S"),
+            ("grpc-encoding", "gzip"),
+            ("x-data-bin", "AAEC"),
+            ("cookie", "session=1"),
+            ("host", "example"),
+            ("x-micro-account-id", "admin"),
+            ("x-micro-account-scopes", "everything"),
+        ] {
+            headers.insert(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        forward_metadata(&headers, &mut metadata);
+        let mut forwarded: Vec<String> = metadata
+            .keys()
+            .map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => k.as_str().to_string(),
+                tonic::metadata::KeyRef::Binary(k) => k.as_str().to_string(),
+            })
+            .collect();
+        forwarded.sort();
+        assert_eq!(
+            forwarded,
+            ["authorization", "x-trace"],
+            "hop-by-hop, reserved, binary, cookies and spoofed account headers stay behind"
+        );
+    }
+
+    #[test]
+    fn client_ip_ignores_forwarded_for_unless_behind_a_proxy() {
+        let peer: SocketAddr = "10.0.0.9:1234".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7, 10.0.0.1"),
+        );
+        assert_eq!(client_ip(peer, &headers, false), peer.ip());
+        assert_eq!(
+            client_ip(peer, &headers, true),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+    }
+}
