@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,14 +23,15 @@ pub(super) struct Resolved {
     pub(super) turn: AtomicUsize,
 }
 
+/// Read on every call, written when a service's nodes change: a read-mostly lock.
 #[derive(Default)]
 pub(super) struct Cache {
-    services: Mutex<HashMap<String, Arc<Resolved>>>,
+    services: RwLock<HashMap<String, Arc<Resolved>>>,
 }
 
 impl Cache {
     fn get(&self, service: &str) -> Option<Arc<Resolved>> {
-        self.lock().get(service).cloned()
+        self.services.read().unwrap_or_else(|p| p.into_inner()).get(service).cloned()
     }
 
     /// Replaces the nodes of `service`, keeping the channels of nodes still there.
@@ -62,8 +63,8 @@ impl Cache {
         self.lock().remove(service);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Resolved>>> {
-        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Resolved>>> {
+        self.services.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
