@@ -54,14 +54,19 @@ fn abrupt_stop_is_retried_on_the_other_node_and_expires_after_the_ttl() {
     let doomed = doomed_runtime.block_on(start_greeter(registry.clone(), "B"));
     let doomed_id = doomed.registration().nodes[0].id.clone();
 
+    let client = Client::new(&test_options("client"), registry.clone());
     main.block_on(async {
-        let client = Client::new(&test_options("client"), registry.clone());
         for _ in 0..4 {
             greet(&client, "warm").await.expect("both nodes up");
         }
-        let doomed_address = doomed.address();
-        drop(doomed);
-        doomed_runtime.shutdown_background();
+    });
+    // The crash: every task of the doomed runtime (listener, connections, heartbeat) is dropped
+    // before this returns. A call racing a crash may reach the dying node and is then not
+    // retried (it may have run); the calls after it must all succeed.
+    let doomed_address = doomed.address();
+    drop(doomed);
+    doomed_runtime.shutdown_timeout(Duration::from_secs(5));
+    main.block_on(async {
         eventually(
             Duration::from_secs(5),
             "the crashed server's port refuses connections",

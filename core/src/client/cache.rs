@@ -31,7 +31,11 @@ pub(super) struct Cache {
 
 impl Cache {
     fn get(&self, service: &str) -> Option<Arc<Resolved>> {
-        self.services.read().unwrap_or_else(|p| p.into_inner()).get(service).cloned()
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned()
     }
 
     /// Replaces the nodes of `service`, keeping the channels of nodes still there.
