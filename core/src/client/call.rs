@@ -153,6 +153,25 @@ async fn attempts(
     let resolved = resolve(&inner.cache, &inner.registry, service)
         .await
         .map_err(unavailable)?;
+    if inner.retries == 0 || resolved.targets.len() < 2 {
+        // No other node to retry on: send the request as it is, without the retry machinery.
+        let target = inner
+            .pick(&resolved, &[])
+            .ok_or_else(|| no_node(inner, service))?;
+        return target
+            .channel
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|error| {
+                inner.cool(&target.node.address);
+                tonic::Status::unavailable(format!(
+                    "node {} of `{service}` failed: {error}",
+                    target.node.address
+                ))
+                .into()
+            });
+    }
     let (parts, body) = request.into_parts();
     let body = SharedBody::new(body);
     let mut tried: Vec<String> = Vec::new();
@@ -190,10 +209,14 @@ async fn attempts(
             tried.len()
         ))
         .into(),
-        None => unavailable(Error::NoNode {
-            service: service.to_string(),
-            registry: inner.registry.name().to_string(),
-        }),
+        None => no_node(inner, service),
+    })
+}
+
+fn no_node(inner: &Inner, service: &str) -> BoxError {
+    unavailable(Error::NoNode {
+        service: service.to_string(),
+        registry: inner.registry.name().to_string(),
     })
 }
 
