@@ -22,11 +22,12 @@ impl ClientLimiter {
         }
     }
 
-    /// `Ok` to proceed, or the whole seconds to wait (at least 1) for `Retry-After`.
+    /// `Ok` to proceed, or the whole seconds to wait for `Retry-After`: at least 1, also when the
+    /// next permit is due by the time this is computed (a `Retry-After: 0` invites a busy loop).
     pub fn check(&self, client: IpAddr) -> Result<(), u64> {
         self.limiter.check_key(&client).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
         })
     }
 
