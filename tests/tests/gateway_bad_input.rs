@@ -313,8 +313,20 @@ fn per_client_rate_limit_answers_429_with_retry_after() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let gateway = GatewayProcess::start(&["--rate-limit", "50", "--rate-burst", "10"]);
     let server = greeter_for(&gateway, &runtime);
-    // Wait for the registration without spending the client's burst.
-    std::thread::sleep(Duration::from_millis(300));
+    // Registered (Server::start awaits the first registration); asked of the registry itself,
+    // not over HTTP, so the client's burst stays whole.
+    let registered = runtime.block_on(async {
+        let registry =
+            micro_remote::RemoteRegistry::new(&gateway.registry.to_string()).expect("registry");
+        micro_core::Registry::get_service(&registry, "greeter")
+            .await
+            .expect("get_service")
+    });
+    assert_eq!(
+        registered.len(),
+        1,
+        "the greeter is registered before the burst"
+    );
     let started = Instant::now();
     let http = gateway.http;
     let calls: Vec<_> = (0..100)
