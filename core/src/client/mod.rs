@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::body::Body;
+use tower::Service;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service};
 
-use crate::BoxError;
 use crate::options::Options;
 use crate::registry::Registry;
-use crate::wrapper::{CallService, Wrapper, apply};
+use crate::wrapper::{CallLayer, CallService, Wrapper, apply};
 
 /// How the client picks a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,18 +92,8 @@ impl Client {
     }
 
     /// Wraps every call with `layer` (first added runs first).
-    pub fn wrap<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<CallService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
-        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
-    {
-        self.wrappers.push(Wrapper::call(layer));
+    pub fn wrap(mut self, layer: impl CallLayer) -> Self {
+        self.wrappers.push(layer.into_wrapper());
         self
     }
 

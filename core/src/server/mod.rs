@@ -21,13 +21,13 @@ use tokio::task::JoinHandle;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
+use tower::Service;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service};
 
 use crate::broker::{Broker, Handler, SubscribeOptions, Subscription};
 use crate::options::Options;
 use crate::registry::{Node, Registry};
-use crate::wrapper::{HandlerService, OnPath, Wrapper, apply};
+use crate::wrapper::{HandlerLayer, HandlerService, OnPath, Wrapper, apply};
 use crate::{Error, Result};
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -97,34 +97,16 @@ impl Server {
     }
 
     /// Wraps every handler with `layer`.
-    pub fn wrap<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<HandlerService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
-    {
-        self.wrappers.push(Wrapper::handler(layer));
+    pub fn wrap(mut self, layer: impl HandlerLayer) -> Self {
+        self.wrappers.push(layer.into_wrapper());
         self
     }
 
     /// Wraps one endpoint with `layer`: `"Greeter.SayHello"` or `"/greeter.v1.Greeter/SayHello"`.
     /// An endpoint the server does not have is an error at start.
-    pub fn wrap_endpoint<L>(mut self, endpoint: &str, layer: L) -> Self
-    where
-        L: Layer<HandlerService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
-    {
+    pub fn wrap_endpoint(mut self, endpoint: &str, layer: impl HandlerLayer) -> Self {
         self.endpoint_wrappers
-            .push((endpoint.to_string(), Wrapper::handler(layer)));
+            .push((endpoint.to_string(), layer.into_wrapper()));
         self
     }
 

@@ -43,39 +43,49 @@ impl<S> Wrapper<S> {
     }
 }
 
-impl Wrapper<HandlerService> {
-    /// Erases a handler layer.
-    pub fn handler<L>(layer: L) -> Self
-    where
-        L: Layer<HandlerService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
-    {
+/// A tower layer that can wrap the server's handlers: `Server::wrap(layer)`.
+pub trait HandlerLayer: Send + Sync + 'static {
+    /// The layer, type-erased.
+    fn into_wrapper(self) -> Wrapper<HandlerService>;
+}
+
+impl<L> HandlerLayer for L
+where
+    L: Layer<HandlerService> + Send + Sync + 'static,
+    L::Service: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+{
+    fn into_wrapper(self) -> Wrapper<HandlerService> {
         Wrapper(Arc::new(move |inner| {
-            BoxCloneSyncService::new(layer.layer(inner))
+            BoxCloneSyncService::new(self.layer(inner))
         }))
     }
 }
 
-impl Wrapper<CallService> {
-    /// Erases a call layer.
-    pub fn call<L>(layer: L) -> Self
-    where
-        L: Layer<CallService> + Send + Sync + 'static,
-        L::Service: Service<http::Request<Body>, Response = http::Response<Body>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
-        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
-    {
+/// A tower layer that can wrap the client's calls: `Client::wrap(layer)`.
+pub trait CallLayer: Send + Sync + 'static {
+    /// The layer, type-erased.
+    fn into_wrapper(self) -> Wrapper<CallService>;
+}
+
+impl<L> CallLayer for L
+where
+    L: Layer<CallService> + Send + Sync + 'static,
+    L::Service: Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as Service<http::Request<Body>>>::Error: Into<BoxError>,
+    <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+{
+    fn into_wrapper(self) -> Wrapper<CallService> {
         Wrapper(Arc::new(move |inner| {
-            BoxCloneSyncService::new(tower::ServiceExt::map_err(layer.layer(inner), Into::into))
+            BoxCloneSyncService::new(tower::ServiceExt::map_err(self.layer(inner), Into::into))
         }))
     }
 }
