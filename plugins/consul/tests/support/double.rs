@@ -340,7 +340,9 @@ impl ConsulApiDouble {
             if index > min_index || Instant::now() >= deadline {
                 break response;
             }
-            changes.borrow_and_update();
+            // No borrow_and_update here: a change between `read()` and this point would be
+            // marked seen and missed. `subscribe()` marked the value current before the first
+            // read, and `changed()` wakes for anything sent since it last returned.
             if tokio::time::timeout_at(deadline, changes.changed())
                 .await
                 .is_err()
