@@ -7,7 +7,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     for (proto, descriptor) in [
         ("greeter/v1/greeter.proto", "greeter_v1_descriptor.bin"),
-        ("greeter/v2/greeter.proto", "greeter_v2_descriptor.bin"),
         ("jobs/v1/jobs.proto", "jobs_descriptor.bin"),
         ("auth/v1/auth.proto", "auth_descriptor.bin"),
     ] {

@@ -4,16 +4,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use micro_core::Catalog;
-use micro_gateway::{Gateway, GatewayOptions};
+use micro_core::auth::{DEFAULT_POLL, Rules};
+use micro_gateway::{Gateway, GatewayAuth, GatewayOptions};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    micro_core::logging::init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -30,17 +26,15 @@ async fn run() -> micro_core::Result<()> {
     micro_remote::install(&mut catalog);
     micro_etcd::install(&mut catalog);
     micro_consul::install(&mut catalog);
+    micro_jwt::install(&mut catalog);
     let registry: Arc<dyn micro_core::Registry> = catalog.registry(&options.service).await?;
     let registry_name = registry.name().to_string();
     let mut gateway = Gateway::new(options.clone(), registry);
-    if let Some(rules) = &options.auth_rules {
-        let auth = micro_jwt::JwtAuth::from_env()?;
-        let rules = micro_jwt::Rules::watch_file(rules, micro_jwt::DEFAULT_POLL)?;
-        gateway = gateway.with_access(micro_gateway::Access::new(
-            Arc::new(auth),
-            rules,
-            options.auth_cookie.clone(),
-        ));
+    // `--auth` and `--auth-rules` come together (checked when the options load).
+    if let (Some(auth), Some(path)) = (catalog.auth(&options.service).await?, &options.auth_rules) {
+        let rules = Rules::watch_file(path, DEFAULT_POLL)?;
+        tracing::info!(auth = auth.name(), rules = %path.display(), "token checks on");
+        gateway = gateway.with_auth(GatewayAuth::new(auth, rules, options.auth_cookie.clone()));
     }
     let running = gateway.start().await?;
     println!(

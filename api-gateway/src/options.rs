@@ -1,4 +1,4 @@
-//! The gateway's options: every service option (DESIGN §4) plus its own, with the same
+//! The gateway's options: the service options it uses plus its own, with the same
 //! precedence. Its own options read `MICRO_GATEWAY_*` from the environment.
 
 use std::time::Duration;
@@ -41,8 +41,8 @@ pub struct GatewayFlags {
     /// Accept JSON fields the message does not have [default: false]
     #[arg(long, env = "MICRO_GATEWAY_ALLOW_UNKNOWN_FIELDS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_unknown_fields: Option<String>,
-    /// Access rules (JSON or TOML, reloaded on change); turns on token checks, with keys from
-    /// MICRO_AUTH_JWT_* [default: off]
+    /// Access rules (JSON or TOML, reloaded on change); turns on token checks with the Auth
+    /// plugin of --auth (e.g. jwt) [default: off]
     #[arg(long, env = "MICRO_GATEWAY_AUTH_RULES", value_name = "PATH")]
     pub auth_rules: Option<String>,
     /// Also read the access token from this cookie [default: Authorization header only]
@@ -92,7 +92,7 @@ pub struct GatewayOptions {
     /// Trust X-Forwarded-For.
     #[serde(deserialize_with = "boolean")]
     pub behind_proxy: bool,
-    /// Access rules file; token checks are on when set.
+    /// Access rules file; token checks (with the Auth plugin `service.auth`) are on when set.
     pub auth_rules: Option<std::path::PathBuf>,
     /// Cookie that may carry the access token.
     pub auth_cookie: Option<String>,
@@ -166,6 +166,38 @@ fn byte_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D
         .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is too large")))
 }
 
+/// Service options the gateway does not use. They are still accepted (a `micro.toml` shared
+/// with services may set them) but `--help` does not offer them.
+const SERVICE_ONLY: [&str; 12] = [
+    "server_name",
+    "server_version",
+    "server_address",
+    "register_ttl",
+    "register_interval",
+    "broker",
+    "broker_address",
+    "store",
+    "store_address",
+    "config",
+    "config_address",
+    "client_timeout",
+];
+
+/// The gateway's command line: its own flags, the service flags it uses, and its own defaults.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    SERVICE_ONLY
+        .iter()
+        .fold(GatewayFlags::command(), |command, id| {
+            command.mut_arg(*id, |arg| arg.hide(true))
+        })
+        .mut_arg("registry", |arg| {
+            arg.help(
+                "Registry plugin; the gateway serves it on --registry-listen [default: memory]",
+            )
+        })
+}
+
 impl GatewayOptions {
     /// Resolves every layer from the process's arguments and environment.
     pub fn load() -> micro_core::Result<GatewayOptions> {
@@ -178,8 +210,7 @@ impl GatewayOptions {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::CommandFactory;
-        let command = GatewayFlags::command();
+        let command = command();
         let matches = command
             .clone()
             .try_get_matches_from(args)
@@ -196,12 +227,34 @@ impl GatewayOptions {
                 ))
             })?;
         }
+        check_auth(&options)?;
         if options.rate_burst.is_some() && options.rate_limit.is_none() {
             return Err(micro_core::Error::Option(
                 "option `rate-burst` needs `rate-limit`".into(),
             ));
         }
         Ok(options)
+    }
+}
+
+/// Token checks need both an Auth plugin (`auth`) and rules (`auth-rules`); a cookie needs
+/// token checks. Either one alone is an error rather than a gateway that silently checks
+/// nothing, or one that refuses every call.
+fn check_auth(options: &GatewayOptions) -> micro_core::Result<()> {
+    let plugin = options.service.auth.trim();
+    let no_plugin = plugin.is_empty() || plugin == micro_core::catalog::NO_AUTH;
+    match (&options.auth_rules, no_plugin) {
+        (Some(rules), true) => Err(micro_core::Error::Option(format!(
+            "option `auth-rules` (`{}`) needs an Auth plugin to check tokens: add `--auth jwt` (MICRO_AUTH=jwt, or `auth = \"jwt\"` in micro.toml)",
+            rules.display()
+        ))),
+        (None, false) => Err(micro_core::Error::Option(format!(
+            "option `auth` (`{plugin}`) needs `auth-rules` at the gateway: the rules file says which calls need which scope (--auth-rules rules.toml)"
+        ))),
+        _ if options.auth_cookie.is_some() && options.auth_rules.is_none() => Err(
+            micro_core::Error::Option("option `auth-cookie` needs `auth` and `auth-rules`".into()),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -238,6 +291,59 @@ mod tests {
             (65536, Some(50), Some(10), true)
         );
         assert_eq!(options.service.registry, "etcd");
+    }
+
+    #[test]
+    fn help_shows_the_gateway_defaults_and_hides_service_only_flags() {
+        let help = command().render_help().to_string();
+        assert!(help.contains("[default: memory]"), "{help}");
+        assert!(!help.contains("[default: remote]"), "{help}");
+        for hidden in ["--server-name", "--register-ttl", "--broker ", "--store "] {
+            assert!(!help.contains(hidden), "{hidden} in\n{help}");
+        }
+        for shown in [
+            "--registry-address",
+            "--registry-listen",
+            "--client-retries",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from\n{help}");
+        }
+        // Hidden is not refused: a micro.toml or flags shared with services still parse.
+        let options = GatewayOptions::load_from(["g", "--register-ttl", "60s"]).unwrap();
+        assert_eq!(options.service.register_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn auth_needs_a_plugin_and_rules() {
+        let help = command().render_help().to_string();
+        assert!(
+            help.contains("--auth <PLUGIN>"),
+            "--auth missing from\n{help}"
+        );
+        let options =
+            GatewayOptions::load_from(["g", "--auth", "jwt", "--auth-rules", "rules.toml"])
+                .unwrap();
+        assert_eq!(options.service.auth, "jwt");
+        assert_eq!(
+            options.auth_rules.as_deref(),
+            Some(std::path::Path::new("rules.toml"))
+        );
+        for (args, names) in [
+            (
+                &["--auth-rules", "rules.toml"][..],
+                ["auth-rules", "--auth jwt"],
+            ),
+            (&["--auth", "jwt"][..], ["`auth` (`jwt`)", "auth-rules"]),
+            (
+                &["--auth-cookie", "token"][..],
+                ["auth-cookie", "auth-rules"],
+            ),
+        ] {
+            let err = GatewayOptions::load_from(std::iter::once("g").chain(args.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(names.iter().all(|n| err.contains(n)), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -24,15 +24,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{BoxError, Caller, ROUNDS, Stats, measure, print_setup};
+use common::{BoxError, Caller, ROUNDS, Stats, direct, measure, print_setup, say_hello};
 use micro_core::client::ServiceChannel;
-use micro_core::{Client, Options, Registry, Server};
-use micro_examples::Greeter;
-use micro_examples::greeter::v1::HelloRequest;
-use micro_examples::greeter::v1::greeter_client::GreeterClient;
-use micro_examples::greeter::v1::greeter_server::GreeterServer;
+use micro_core::{Client, Registry};
+use micro_testkit::Greeter;
+use micro_testkit::greeter::v1::greeter_client::GreeterClient;
+use micro_testkit::greeter::v1::greeter_server::GreeterServer;
+use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint};
 use tower::layer::util::Identity;
 
 /// Calls through the micro client (discovery, balancing, a no-op layer).
@@ -53,43 +52,14 @@ impl Caller for ThroughTonic {
     }
 }
 
-async fn say_hello<T>(client: &mut GreeterClient<T>) -> Result<(), String>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<BoxError>,
-    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<BoxError> + Send,
-{
-    let reply = client
-        .say_hello(HelloRequest {
-            name: "bench".into(),
-        })
-        .await
-        .map_err(|status| status.to_string())?;
-    if reply.get_ref().message != "Hello bench" {
-        return Err(format!("unexpected reply {:?}", reply.get_ref().message));
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let options = Options::new("greeter").load_from(["bench"])?;
-    let registry: Arc<dyn Registry> = Arc::new(micro_memory::MemoryRegistry::new());
-    let server = Server::new(options.clone(), registry.clone())
-        .descriptors(micro_examples::greeter::DESCRIPTORS)?
-        .add_service(GreeterServer::new(Greeter::default()))
-        .start()
-        .await?;
+    let (options, registry, server) = common::start_greeter().await?;
     let address = server.address();
 
     let micro = Client::new(&options, registry).wrap(Identity::new());
     let micro = GreeterClient::new(micro.channel("greeter"));
-    let tonic = Endpoint::from_shared(format!("http://{address}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let tonic = GreeterClient::new(tonic);
+    let tonic = direct(address).await?;
 
     print_setup(&format!("bench client: greeter SayHello on {address}"));
     println!("-- greeter on micro_core::Server (the comparison of issue 3)");
@@ -113,11 +83,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let micro = Client::new(&options, control_registry).wrap(Identity::new());
     let micro = GreeterClient::new(micro.channel("greeter"));
-    let tonic = Endpoint::from_shared(format!("http://{control}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let tonic = GreeterClient::new(tonic);
+    let tonic = direct(control).await?;
     println!();
     println!("-- control: greeter on a bare tonic server with TCP_NODELAY on {control}");
     compare(&micro, &tonic, "'").await;

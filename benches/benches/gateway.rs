@@ -40,12 +40,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::{BoxError, Caller, ROUNDS, Stats, measure, print_setup};
-use micro_core::{Options, Registry, Server};
-use micro_examples::Greeter;
-use micro_examples::greeter::v1::HelloRequest;
-use micro_examples::greeter::v1::greeter_client::GreeterClient;
-use micro_examples::greeter::v1::greeter_server::GreeterServer;
+use common::{BoxError, Caller, ROUNDS, Stats, direct, measure, print_setup, say_hello};
+use micro_core::Registry;
+use micro_testkit::greeter::v1::HelloRequest;
+use micro_testkit::greeter::v1::greeter_client::GreeterClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
@@ -70,13 +68,7 @@ fn main() -> Result<(), BoxError> {
 // The parent: greeter server, load generators, figures.
 
 async fn parent() -> Result<(), BoxError> {
-    let options = Options::new("greeter").load_from(["bench"])?;
-    let registry: Arc<dyn Registry> = Arc::new(micro_memory::MemoryRegistry::new());
-    let server = Server::new(options, registry)
-        .descriptors(micro_examples::greeter::DESCRIPTORS)?
-        .add_service(GreeterServer::new(Greeter::default()))
-        .start()
-        .await?;
+    let (_, _, server) = common::start_greeter().await?;
     let address = server.address();
 
     let registration = serde_json::to_string(server.registration())?;
@@ -91,11 +83,7 @@ async fn parent() -> Result<(), BoxError> {
         })?;
     }
 
-    let tonic = Endpoint::from_shared(format!("http://{address}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let tonic = GreeterClient::new(tonic);
+    let tonic = direct(address).await?;
 
     print_setup(&format!(
         "bench gateway: greeter on {address}, gateway child (pid {}) on {}, static proxy child (pid {}) on {}",
@@ -197,17 +185,7 @@ struct Direct(GreeterClient<Channel>);
 
 impl Caller for Direct {
     async fn call(&mut self) -> Result<(), String> {
-        let reply = self
-            .0
-            .say_hello(HelloRequest {
-                name: "bench".into(),
-            })
-            .await
-            .map_err(|status| status.to_string())?;
-        if reply.get_ref().message != "Hello bench" {
-            return Err(format!("unexpected reply {:?}", reply.get_ref().message));
-        }
-        Ok(())
+        say_hello(&mut self.0).await
     }
 }
 

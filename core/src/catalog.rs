@@ -8,7 +8,10 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::options::Options;
-use crate::{Broker, Config, Error, Registry, Result, Store};
+use crate::{Auth, Broker, Config, Error, Registry, Result, Store};
+
+/// The value of the `auth` option that chooses no Auth plugin (the default).
+pub const NO_AUTH: &str = "none";
 
 /// What a factory gets: the address option of its component (if set) and every option.
 #[derive(Clone, Debug)]
@@ -28,6 +31,19 @@ pub struct Catalog {
     brokers: BTreeMap<String, Factory<dyn Broker>>,
     stores: BTreeMap<String, Factory<dyn Store>>,
     configs: BTreeMap<String, Factory<dyn Config>>,
+    auths: BTreeMap<String, Factory<dyn Auth>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("registries", &self.registry_names())
+            .field("brokers", &self.broker_names())
+            .field("stores", &self.store_names())
+            .field("configs", &self.config_names())
+            .field("auths", &self.auth_names())
+            .finish()
+    }
 }
 
 macro_rules! component {
@@ -113,4 +129,105 @@ impl Catalog {
         config,
         config_address
     );
+
+    /// Installs an Auth plugin under `name` (its factory gets no address: `address` is `None`).
+    pub fn add_auth<F, Fut>(&mut self, name: &str, factory: F)
+    where
+        F: Fn(PluginOptions) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Arc<dyn Auth>>> + Send + 'static,
+    {
+        self.auths
+            .insert(name.to_string(), Arc::new(move |o| Box::pin(factory(o))));
+    }
+
+    /// Builds the Auth plugin the options name (`--auth`, `MICRO_AUTH`, key `auth`): `None`
+    /// when it is [`NO_AUTH`] (the default) or empty, an error listing the installed plugins
+    /// for an unknown name.
+    pub async fn auth(&self, options: &Options) -> Result<Option<Arc<dyn Auth>>> {
+        let name = options.auth.trim();
+        if name.is_empty() || name == NO_AUTH {
+            return Ok(None);
+        }
+        self.auth_named(name, options).await.map(Some)
+    }
+
+    /// Builds the Auth plugin `name`.
+    pub async fn auth_named(&self, name: &str, options: &Options) -> Result<Arc<dyn Auth>> {
+        let factory = self.auths.get(name).ok_or_else(|| Error::UnknownPlugin {
+            component: "auth",
+            name: name.to_string(),
+            installed: {
+                let mut names = vec![NO_AUTH.to_string()];
+                names.extend(self.auth_names());
+                names.join(", ")
+            },
+        })?;
+        factory(PluginOptions {
+            address: None,
+            options: options.clone(),
+        })
+        .await
+    }
+
+    /// Names of the installed Auth plugins.
+    pub fn auth_names(&self) -> Vec<String> {
+        self.auths.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Account, Token, TokenOptions};
+
+    struct Nobody;
+
+    #[async_trait::async_trait]
+    impl Auth for Nobody {
+        fn name(&self) -> &str {
+            "nobody"
+        }
+        async fn token(&self, _: &Account, _: &TokenOptions) -> Result<Token> {
+            Err(Error::invalid("account", "nobody issues tokens"))
+        }
+        async fn refresh(&self, _: &str) -> Result<Token> {
+            Err(Error::invalid("token", "nobody refreshes"))
+        }
+        async fn inspect(&self, _: &str) -> Result<Account> {
+            Err(Error::invalid("token", "nobody inspects"))
+        }
+    }
+
+    fn options(auth: &str) -> Options {
+        Options {
+            auth: auth.into(),
+            ..Options::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn auth_slot_by_name() {
+        let mut catalog = Catalog::new();
+        assert!(catalog.auth(&Options::default()).await.unwrap().is_none());
+        catalog.add_auth("nobody", |_| async {
+            Ok(Arc::new(Nobody) as Arc<dyn Auth>)
+        });
+        assert!(catalog.auth(&options("none")).await.unwrap().is_none());
+        let auth = catalog.auth(&options("nobody")).await.unwrap();
+        assert_eq!(
+            auth.map(|a| a.name().to_string()).as_deref(),
+            Some("nobody")
+        );
+        let err = catalog
+            .auth(&options("jtw"))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("auth") && err.contains("jtw") && err.contains("none, nobody"),
+            "{err}"
+        );
+        assert_eq!(catalog.auth_names(), ["nobody"]);
+    }
 }

@@ -56,6 +56,8 @@ pub struct Options {
     pub config: String,
     /// Config address; the plugin's default when unset.
     pub config_address: Option<String>,
+    /// Auth plugin; `none` (the default) for none.
+    pub auth: String,
     /// The TOML file read as the config-file layer.
     pub config_file: Option<PathBuf>,
     /// How long a stopping server waits for in-flight calls.
@@ -85,6 +87,7 @@ impl Default for Options {
             store_address: None,
             config: "memory".into(),
             config_address: None,
+            auth: crate::catalog::NO_AUTH.into(),
             config_file: None,
             shutdown_timeout: Duration::from_secs(30),
             client_timeout: Duration::from_secs(30),
@@ -139,6 +142,9 @@ pub struct ServiceFlags {
     /// Config address [default: the plugin's]
     #[arg(long, env = "MICRO_CONFIG_ADDRESS", value_name = "ADDRESS")]
     pub config_address: Option<String>,
+    /// Auth plugin, or none [default: none]
+    #[arg(long, env = "MICRO_AUTH", value_name = "PLUGIN")]
+    pub auth: Option<String>,
     /// TOML config file [default: ./micro.toml if present]
     #[arg(long, env = "MICRO_CONFIG_FILE", value_name = "PATH")]
     pub config_file: Option<String>,
@@ -469,6 +475,11 @@ mod tests {
         let opts = load(Options::builder(), &[]).unwrap();
         assert_eq!(opts.registry, "remote");
         assert_eq!(opts.register_ttl, Duration::from_secs(30));
+        assert_eq!(opts.auth, "none");
+        assert_eq!(
+            load(Options::builder(), &["--auth", "jwt"]).unwrap().auth,
+            "jwt"
+        );
         let opts = load(
             Options::new("greeter").register_ttl(Duration::from_secs(15)),
             &[],

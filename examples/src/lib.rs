@@ -3,7 +3,7 @@
 //! Runnable services and clients for micro, and what they share: the generated greeter code,
 //! the greeter handler, the plugin catalog every example installs, and logging setup.
 //!
-//! - `greeter`: the greeter service, taking every flag of DESIGN §4;
+//! - `greeter`: the greeter service, taking every service flag (README, "Options and precedence");
 //! - `greeter-client`: calls it through the registry;
 //! - `rate-limited`: the greeter with SayHello limited to N calls per second;
 //! - `quickstart`: server and client in one process, prints the reply;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use micro_core::Catalog;
 use tonic::{Request, Response, Status};
 
-/// Generated code and descriptors of `proto/greeter/{v1,v2}/greeter.proto`.
+/// Generated code and descriptors of `proto/greeter/v1/greeter.proto`.
 pub mod greeter {
     /// Package `greeter.v1`.
     #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -24,19 +24,9 @@ pub mod greeter {
         tonic::include_proto!("greeter.v1");
     }
 
-    /// Package `greeter.v2`: v1 plus `SayGoodbye`, for the redeploy demo.
-    #[allow(missing_docs, unreachable_pub, clippy::all)]
-    pub mod v2 {
-        tonic::include_proto!("greeter.v2");
-    }
-
     /// The encoded `FileDescriptorSet` of `greeter.v1`, for reflection and endpoints.
     pub const DESCRIPTORS: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/greeter_v1_descriptor.bin"));
-
-    /// The encoded `FileDescriptorSet` of `greeter.v2`.
-    pub const DESCRIPTORS_V2: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/greeter_v2_descriptor.bin"));
 }
 
 /// Generated code and descriptors of `proto/auth/v1/auth.proto`.
@@ -101,39 +91,6 @@ impl greeter::v1::greeter_server::Greeter for Greeter {
     }
 }
 
-/// The redeployed greeter (`greeter.v2`): SayHello and SayGoodbye.
-#[derive(Clone, Debug, Default)]
-pub struct GreeterV2;
-
-#[tonic::async_trait]
-impl greeter::v2::greeter_server::Greeter for GreeterV2 {
-    async fn say_hello(
-        &self,
-        request: Request<greeter::v2::HelloRequest>,
-    ) -> Result<Response<greeter::v2::HelloReply>, Status> {
-        Ok(Response::new(greeter::v2::HelloReply {
-            message: format!("Hello {}", request.into_inner().name),
-        }))
-    }
-
-    async fn say_goodbye(
-        &self,
-        request: Request<greeter::v2::GoodbyeRequest>,
-    ) -> Result<Response<greeter::v2::GoodbyeReply>, Status> {
-        let request = request.into_inner();
-        if request.times < 0 {
-            return Err(Status::invalid_argument("times must not be negative"));
-        }
-        let message =
-            vec![format!("Goodbye {}", request.name); request.times.max(1) as usize].join(" ");
-        Ok(Response::new(greeter::v2::GoodbyeReply {
-            message,
-            request_id: request.request_id,
-            polite: false,
-        }))
-    }
-}
-
 /// Every plugin the examples can pick by name.
 pub fn catalog() -> Catalog {
     let mut catalog = Catalog::new();
@@ -151,7 +108,7 @@ pub async fn run_binary<E: std::fmt::Display>(
     name: &str,
     run: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
-    init_tracing();
+    micro_core::logging::init();
     match run.await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -159,14 +116,4 @@ pub async fn run_binary<E: std::fmt::Display>(
             std::process::ExitCode::from(2)
         }
     }
-}
-
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -1,15 +1,18 @@
 //! Server and client in one process over the memory registry: load balancing, retry after an
-//! abrupt stop, TTL expiry, timeouts, errors that name the service and registry.
+//! abrupt stop, TTL expiry, timeouts, the client options set in code taking effect on calls,
+//! errors that name the service and registry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use micro_core::registry::Registry;
+use micro_core::registry::{Node, Registry, Service};
 use micro_core::{Client, Options};
-use micro_examples::greeter::v1::HelloRequest;
-use micro_examples::greeter::v1::greeter_client::GreeterClient;
 use micro_memory::MemoryRegistry;
-use micro_tests::{eventually, start_greeter, test_options};
+use micro_testkit::greeter::v1::HelloRequest;
+use micro_testkit::greeter::v1::greeter_client::GreeterClient;
+use micro_testkit::{
+    EXPIRY, Greeter, SLACK, eventually, greeter_server, start_greeter, test_options,
+};
 
 async fn greet(client: &Client, name: &str) -> Result<String, tonic::Status> {
     let mut greeter = GreeterClient::new(client.channel("greeter"));
@@ -68,7 +71,7 @@ fn abrupt_stop_is_retried_on_the_other_node_and_expires_after_the_ttl() {
     doomed_runtime.shutdown_timeout(Duration::from_secs(5));
     main.block_on(async {
         eventually(
-            Duration::from_secs(5),
+            SLACK,
             "the crashed server's port refuses connections",
             || async move {
                 tokio::net::TcpStream::connect(doomed_address)
@@ -84,8 +87,8 @@ fn abrupt_stop_is_retried_on_the_other_node_and_expires_after_the_ttl() {
             assert_eq!(reply, "A after");
         }
         eventually(
-            Duration::from_secs(2) + Duration::from_secs(1),
-            "the crashed node leaves the registry within TTL + 1 s",
+            EXPIRY,
+            "the crashed node leaves the registry within its TTL (and slack)",
             || async {
                 let nodes: Vec<String> = registry
                     .get_service("greeter")
@@ -123,26 +126,10 @@ async fn no_live_node_names_the_service_and_registry() {
 #[tokio::test(flavor = "multi_thread")]
 async fn per_call_timeout_is_deadline_exceeded() {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-    let slow = micro_core::Server::new(test_options("greeter"), registry.clone())
-        .add_service(
-            micro_examples::greeter::v1::greeter_server::GreeterServer::new(
-                micro_examples::Greeter {
-                    delay: Duration::from_secs(5),
-                    ..Default::default()
-                },
-            ),
-        )
-        .start()
-        .await
-        .expect("start");
-    let client = Client::new(&test_options("client"), registry).timeout(Duration::from_millis(200));
-    let started = std::time::Instant::now();
-    let status = greet(&client, "slow").await.expect_err("times out");
-    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the timeout, not the handler, ended the call"
-    );
+    let slow = start_slow_greeter(registry.clone()).await;
+    let timeout = Duration::from_millis(200);
+    let client = Client::new(&test_options("client"), registry).timeout(timeout);
+    assert_deadline_exceeded(&client, timeout).await;
     drop(slow);
 }
 
@@ -196,11 +183,101 @@ async fn registers_real_port_and_endpoints_from_descriptors() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn options_from_code_reach_the_client() {
-    let options = Options::new("c")
-        .set("client-timeout", "150ms")
+/// A greeter whose every reply takes 5 s.
+async fn start_slow_greeter(registry: Arc<dyn Registry>) -> micro_core::server::RunningServer {
+    let handler = Greeter {
+        delay: Duration::from_secs(5),
+        ..Greeter::default()
+    };
+    greeter_server(test_options("greeter"), registry, handler)
+        .start()
+        .await
+        .expect("start the slow greeter")
+}
+
+/// Calls the slow greeter through `client`: the call must end `DEADLINE_EXCEEDED` after
+/// `timeout`, long before the handler's 5 s.
+async fn assert_deadline_exceeded(client: &Client, timeout: Duration) {
+    let started = std::time::Instant::now();
+    let status = greet(client, "slow").await.expect_err("times out");
+    let took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        took >= timeout && took < Duration::from_secs(4),
+        "ended by the {timeout:?} timeout, not the handler: {took:?}"
+    );
+}
+
+/// Options of a client named `client`, with `key = value` set in code.
+fn client_options(settings: &[(&str, &str)]) -> Options {
+    settings
+        .iter()
+        .fold(Options::new("client"), |options, (key, value)| {
+            options.set(key, value)
+        })
         .load_from(["test"])
-        .expect("options");
-    assert_eq!(options.client_timeout, Duration::from_millis(150));
+        .expect("client options")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_timeout_set_in_code_ends_a_slow_call() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let slow = start_slow_greeter(registry.clone()).await;
+    // The default timeout is 30 s: only the option can end the 5 s call early.
+    let client = Client::new(&client_options(&[("client-timeout", "150ms")]), registry);
+    assert_deadline_exceeded(&client, Duration::from_millis(150)).await;
+    drop(slow);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_retries_set_in_code_decide_whether_a_dead_node_fails_the_call() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let live = start_greeter(registry.clone(), "Hello").await;
+    // A second node that refuses connections: a call sent there reaches no handler, so it is
+    // retried on the live node when retries are allowed, and fails when they are not.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let mut registration: Service = live.registration().clone();
+    registration.nodes = vec![Node {
+        id: "greeter-dead".into(),
+        address: dead.to_string(),
+        ..Node::default()
+    }];
+    registry
+        .register(&registration, Duration::from_secs(60))
+        .await
+        .expect("register the dead node");
+    eventually(SLACK, "both nodes listed", || async {
+        let services = registry.get_service("greeter").await.expect("get");
+        services.iter().map(|s| s.nodes.len()).sum::<usize>() == 2
+    })
+    .await;
+
+    let calls = |client: Client| async move {
+        let mut failed = Vec::new();
+        for _ in 0..10 {
+            if let Err(status) = greet(&client, "x").await {
+                failed.push(status);
+            }
+        }
+        failed
+    };
+    let with_retries = client_options(&[("client-retries", "2")]);
+    let failed = calls(Client::new(&with_retries, registry.clone())).await;
+    assert!(failed.is_empty(), "retried on the live node: {failed:?}");
+
+    let without = client_options(&[("client-retries", "0")]);
+    let failed = calls(Client::new(&without, registry.clone())).await;
+    assert!(
+        !failed.is_empty(),
+        "with retries 0 a call picked for the dead node fails"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|status| status.code() == tonic::Code::Unavailable),
+        "{failed:?}"
+    );
+    live.stop().await.expect("stop");
 }

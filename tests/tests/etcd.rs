@@ -6,26 +6,16 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use micro_tests::{PrivateEtcd, Process, address_after, binary, get, post, wait_until};
+use micro_testkit::{
+    EXPIRY, GatewayProcess, PROPAGATION, PrivateEtcd, Process, SHORT_TTL_ARGS, SLACK, binary, get,
+    post, wait_until,
+};
 
-fn gateway_on(etcd: &PrivateEtcd) -> (Process, std::net::SocketAddr) {
-    let mut gateway = Process::start(
-        "micro-gateway",
-        &[
-            "--address",
-            "127.0.0.1:0",
-            "--registry-listen",
-            "127.0.0.1:0",
-            "--registry",
-            "etcd",
-            "--registry-address",
-            &etcd.address,
-        ],
-        &[],
-        None,
-    );
-    let line = gateway.line_containing("listening on", Duration::from_secs(30));
-    (gateway, address_after(&line, "http://"))
+fn gateway_on(etcd: &PrivateEtcd) -> (GatewayProcess, std::net::SocketAddr) {
+    let gateway =
+        GatewayProcess::start(&["--registry", "etcd", "--registry-address", &etcd.address]);
+    let http = gateway.http;
+    (gateway, http)
 }
 
 fn node_count(http: std::net::SocketAddr, service: &str) -> usize {
@@ -60,40 +50,23 @@ fn greeters_on_etcd_survive_a_killed_node_and_an_etcd_restart() {
     let mut etcd = PrivateEtcd::start();
     let (_gateway, http) = gateway_on(&etcd);
     let greeter = |greeting: &str| {
-        let mut process = Process::start(
-            "greeter",
-            &[
-                "--registry",
-                "etcd",
-                "--registry-address",
-                &etcd.address,
-                "--register-ttl",
-                "2s",
-                "--register-interval",
-                "500ms",
-                "--greeting",
-                greeting,
-            ],
-            &[],
-            None,
-        );
-        let line = process.line_containing("listening on", Duration::from_secs(30));
-        (
-            process,
-            line.split("listening on ")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .expect("address")
-                .to_string(),
-        )
+        let mut args = vec![
+            "--registry",
+            "etcd",
+            "--registry-address",
+            etcd.address.as_str(),
+        ];
+        args.extend_from_slice(&SHORT_TTL_ARGS);
+        args.extend_from_slice(&["--greeting", greeting]);
+        let mut process = Process::start("greeter", &args, &[], None);
+        let address = process.listening_address();
+        (process, address)
     };
     let (_a, _) = greeter("A");
     let (b, b_address) = greeter("B");
-    wait_until(
-        Duration::from_secs(5),
-        "both nodes registered in etcd",
-        || node_count(http, "greeter") == 2,
-    );
+    wait_until(PROPAGATION, "both nodes registered in etcd", || {
+        node_count(http, "greeter") == 2
+    });
     let replies: HashSet<String> = (0..10)
         .filter_map(|_| hello(http, "greeter", "x"))
         .collect();
@@ -104,14 +77,14 @@ fn greeters_on_etcd_survive_a_killed_node_and_an_etcd_restart() {
 
     b.kill();
     let killed = Instant::now();
-    wait_until(
-        Duration::from_secs(2),
-        "the killed node's port is closed",
-        || std::net::TcpStream::connect(&b_address).is_err(),
-    );
-    // "Later" calls: let the gateway see its connection to the dead node close. A call racing
-    // the crash may reach the dying node and is then not retried (it may have run).
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(SLACK, "the killed node's port is closed", || {
+        std::net::TcpStream::connect(&b_address).is_err()
+    });
+    // "Later" calls: a call racing the crash may reach the dying node and is then not retried
+    // (it may have run); once the gateway has seen the connection close, every call succeeds.
+    wait_until(SLACK, "a call after the kill succeeds", || {
+        hello(http, "greeter", "y").is_some()
+    });
     for _ in 0..5 {
         assert_eq!(
             hello(http, "greeter", "y").as_deref(),
@@ -120,8 +93,8 @@ fn greeters_on_etcd_survive_a_killed_node_and_an_etcd_restart() {
         );
     }
     wait_until(
-        Duration::from_secs(3).saturating_sub(killed.elapsed()),
-        "the dead node's lease lapses within TTL + 1 s",
+        EXPIRY.saturating_sub(killed.elapsed()),
+        "the dead node's lease lapses within its TTL (and slack)",
         || node_count(http, "greeter") == 1,
     );
 
@@ -160,7 +133,7 @@ fn greeting_changes_in_etcd_reach_the_next_reply_without_restart() {
         None,
     );
     service.line_containing("listening on", Duration::from_secs(30));
-    wait_until(Duration::from_secs(5), "registered", || {
+    wait_until(PROPAGATION, "registered", || {
         hello(http, "hot", "x").is_some()
     });
     assert_eq!(
@@ -171,8 +144,8 @@ fn greeting_changes_in_etcd_reach_the_next_reply_without_restart() {
 
     etcd.etcdctl(&["put", "/micro/config/hot/greeting", "\"Howdy\""]);
     let took = wait_until(
-        Duration::from_secs(1),
-        "the new greeting is used within 1 s",
+        SLACK,
+        "the new greeting is used at once (an etcd watch, not a restart or a slow poll)",
         || hello(http, "hot", "x").as_deref() == Some("Howdy x"),
     );
     eprintln!("hot reload took {took:?}");
@@ -180,7 +153,7 @@ fn greeting_changes_in_etcd_reach_the_next_reply_without_restart() {
     // A malformed value is reported naming the key; the previous greeting stays.
     etcd.etcdctl(&["put", "/micro/config/hot/greeting", "{not json"]);
     wait_until(
-        Duration::from_secs(5),
+        SLACK,
         "the malformed value is reported with its key",
         || service.stderr().contains("hot/greeting"),
     );
@@ -190,11 +163,9 @@ fn greeting_changes_in_etcd_reach_the_next_reply_without_restart() {
         "the last good greeting is kept"
     );
     etcd.etcdctl(&["put", "/micro/config/hot/greeting", "\"Hi\""]);
-    wait_until(
-        Duration::from_secs(1),
-        "a good value after a bad one is used",
-        || hello(http, "hot", "x").as_deref() == Some("Hi x"),
-    );
+    wait_until(SLACK, "a good value after a bad one is used", || {
+        hello(http, "hot", "x").as_deref() == Some("Hi x")
+    });
 }
 
 #[test]

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use micro_core::Server;
 use micro_core::registry::{Node, Registry, Service};
-use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::greeter::v2::greeter_server::GreeterServer as GreeterV2Server;
-use micro_examples::{Greeter, GreeterV2, greeter};
 use micro_gateway::{Gateway, GatewayOptions, RunningGateway};
 use micro_memory::MemoryRegistry;
-use micro_tests::{get, post, raw_http, test_options, wait_until};
+use micro_testkit::greeter::v2::greeter_server::GreeterServer as GreeterV2Server;
+use micro_testkit::{
+    GreeterV2, PROPAGATION, get, greeter, post, raw_http, start_greeter, start_greeter_v2,
+    wait_until,
+};
 
 fn start_gateway(
     runtime: &tokio::runtime::Runtime,
@@ -110,7 +110,7 @@ fn redeployed_service_is_callable_by_its_new_method_without_restart() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let gateway = start_gateway(&runtime, registry.clone(), &[]);
-    let v1 = runtime.block_on(micro_tests::start_greeter(registry.clone(), "Hello"));
+    let v1 = runtime.block_on(start_greeter(registry.clone(), "Hello"));
     let response = post(
         gateway.http_address(),
         "/greeter/Greeter/SayHello",
@@ -139,16 +139,8 @@ fn redeployed_service_is_callable_by_its_new_method_without_restart() {
     );
 
     runtime.block_on(v1.stop()).expect("stop v1");
-    let v2 = runtime.block_on(async {
-        Server::new(test_options("greeter"), registry.clone())
-            .descriptors(greeter::DESCRIPTORS_V2)
-            .expect("descriptors")
-            .add_service(GreeterV2Server::new(GreeterV2))
-            .start()
-            .await
-            .expect("start v2")
-    });
-    wait_until(Duration::from_secs(2), "the new method is routable", || {
+    let v2 = runtime.block_on(start_greeter_v2(registry.clone()));
+    wait_until(PROPAGATION, "the new method is routable", || {
         post(
             gateway.http_address(),
             "/greeter/Greeter/SayGoodbye",
@@ -178,15 +170,7 @@ fn cors_preflight_and_headers() {
         registry.clone(),
         &["--cors-origins", "https://app.example"],
     );
-    let server = runtime.block_on(async {
-        Server::new(test_options("greeter"), registry.clone())
-            .descriptors(greeter::DESCRIPTORS)
-            .expect("descriptors")
-            .add_service(GreeterServer::new(Greeter::default()))
-            .start()
-            .await
-            .expect("start")
-    });
+    let server = runtime.block_on(start_greeter(registry.clone(), "Hello"));
     let preflight = raw_http(gateway.http_address(), b"OPTIONS /greeter/SayHello HTTP/1.1\r\nHost: t\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n");
     assert_eq!(preflight.status, 204);
     assert_eq!(

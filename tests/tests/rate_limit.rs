@@ -6,12 +6,15 @@ use std::time::Duration;
 use micro_core::registry::Registry;
 use micro_core::wrapper::RateLimitLayer;
 use micro_core::{Client, Server};
-use micro_examples::greeter::v1::HelloRequest;
-use micro_examples::greeter::v1::greeter_client::GreeterClient;
-use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::{Greeter, greeter};
 use micro_memory::MemoryRegistry;
-use micro_tests::test_options;
+use micro_testkit::greeter::v1::HelloRequest;
+use micro_testkit::greeter::v1::greeter_client::GreeterClient;
+use micro_testkit::{Greeter, greeter_server, test_options};
+
+/// The greeter, not yet started: wrap it, then start it.
+fn greeter(registry: Arc<dyn Registry>) -> Server {
+    greeter_server(test_options("greeter"), registry, Greeter::default())
+}
 
 /// Fires `n` calls at once and returns (ok, resource exhausted).
 async fn burst(client: &Client, n: usize) -> (usize, usize) {
@@ -49,10 +52,7 @@ async fn burst(client: &Client, n: usize) -> (usize, usize) {
 async fn endpoint_limit_refuses_exactly_the_excess_then_recovers() {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     // 1 call/s with a burst of 10: 15 calls at once -> 10 pass, 5 refused.
-    let server = Server::new(test_options("greeter"), registry.clone())
-        .descriptors(greeter::DESCRIPTORS)
-        .expect("descriptors")
-        .add_service(GreeterServer::new(Greeter::default()))
+    let server = greeter(registry.clone())
         .wrap_endpoint("Greeter.SayHello", RateLimitLayer::per_second(1).burst(10))
         .start()
         .await
@@ -71,10 +71,7 @@ async fn endpoint_limit_refuses_exactly_the_excess_then_recovers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_endpoint_to_wrap_is_an_error_at_start() {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-    let result = Server::new(test_options("greeter"), registry)
-        .descriptors(greeter::DESCRIPTORS)
-        .expect("descriptors")
-        .add_service(GreeterServer::new(Greeter::default()))
+    let result = greeter(registry)
         .wrap_endpoint("Greeter.SayGoodbye", RateLimitLayer::per_second(1))
         .start()
         .await;
@@ -88,8 +85,7 @@ async fn unknown_endpoint_to_wrap_is_an_error_at_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_side_limit_and_wait_mode() {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-    let server = Server::new(test_options("greeter"), registry.clone())
-        .add_service(GreeterServer::new(Greeter::default()))
+    let server = greeter(registry.clone())
         .wrap(
             RateLimitLayer::per_second(2)
                 .burst(1)

@@ -1,8 +1,18 @@
-//! What both benches share: a closed-loop load runner (N concurrent callers for a fixed time
-//! after a warm-up) and the figures it prints.
+//! What both benches share: the greeter they call (in process, in a `MemoryRegistry`), a
+//! checked `SayHello`, a closed-loop load runner (N concurrent callers for a fixed time after a
+//! warm-up) and the figures it prints.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use micro_core::server::RunningServer;
+use micro_core::{Options, Registry};
+use micro_testkit::greeter::v1::HelloRequest;
+use micro_testkit::greeter::v1::greeter_client::GreeterClient;
+use micro_testkit::{Greeter, greeter_server};
+use tonic::transport::{Channel, Endpoint};
 
 /// Concurrent callers in every phase.
 pub(crate) const CONCURRENCY: usize = 32;
@@ -13,6 +23,47 @@ pub(crate) const DURATION: Duration = Duration::from_secs(3);
 
 /// The error type of the benches' plumbing.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The greeter both benches call: started on `127.0.0.1:0` with default options, registered
+/// in a fresh `MemoryRegistry`. Returns the options (for a client) and the registry with it.
+pub(crate) async fn start_greeter() -> Result<(Options, Arc<dyn Registry>, RunningServer), BoxError>
+{
+    let options = Options::new("greeter").load_from(["bench"])?;
+    let registry: Arc<dyn Registry> = Arc::new(micro_memory::MemoryRegistry::new());
+    let server = greeter_server(options.clone(), registry.clone(), Greeter::default())
+        .start()
+        .await?;
+    Ok((options, registry, server))
+}
+
+/// A greeter client on a plain tonic channel to `address` (one HTTP/2 connection, TCP_NODELAY).
+pub(crate) async fn direct(address: SocketAddr) -> Result<GreeterClient<Channel>, BoxError> {
+    let channel = Endpoint::from_shared(format!("http://{address}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(GreeterClient::new(channel))
+}
+
+/// One `SayHello` of `bench`, failing unless the reply is `Hello bench`.
+pub(crate) async fn say_hello<T>(client: &mut GreeterClient<T>) -> Result<(), String>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<BoxError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<BoxError> + Send,
+{
+    let reply = client
+        .say_hello(HelloRequest {
+            name: "bench".into(),
+        })
+        .await
+        .map_err(|status| status.to_string())?;
+    if reply.get_ref().message != "Hello bench" {
+        return Err(format!("unexpected reply {:?}", reply.get_ref().message));
+    }
+    Ok(())
+}
 
 /// One caller: makes one call and says whether it succeeded.
 pub(crate) trait Caller: Send + 'static {

@@ -1,9 +1,30 @@
-//! Accounts, tokens and access rules.
+//! Accounts, tokens and access rules: the Auth component.
 //!
-//! [`verify`] decides whether an account may reach a resource: rules are tried highest priority
-//! first, and at equal priority a deny wins. Scope `""` makes a rule public, `"*"` matches any
-//! account, any other scope needs an account holding it. When no rule grants access, the answer
-//! is [`Denied::Unauthenticated`] without an account and [`Denied::Forbidden`] with one.
+//! A plugin (`micro-jwt`) only issues and inspects tokens, behind the [`Auth`] trait; everything
+//! around it is here and works with any `Arc<dyn Auth>`:
+//!
+//! - [`verify`] decides whether an account may reach a resource: rules are tried highest
+//!   priority first, and at equal priority a deny wins. Scope `""` makes a rule public, `"*"`
+//!   matches any account, any other scope needs an account holding it. When no rule grants
+//!   access, the answer is [`Denied::Unauthenticated`] without an account and
+//!   [`Denied::Forbidden`] with one.
+//! - [`Rules`]: the rules in force, from code, a JSON or TOML file or the Config component,
+//!   reloaded without a restart.
+//! - [`authorize`]: the one decision every checkpoint makes (the server's
+//!   [`AuthLayer`](crate::wrapper::auth::AuthLayer) and the gateway): the token from the
+//!   [`Credentials`] of a request is inspected, the rules applied, and the answer is the account
+//!   or a [`Denied`] that the caller maps to `UNAUTHENTICATED`/`PERMISSION_DENIED` (gRPC) or
+//!   401/403 (HTTP).
+//! - The plugin is chosen by name like the others: `--auth jwt`, `MICRO_AUTH`, key `auth` in
+//!   `micro.toml` (default `none`), built by [`Catalog::auth`](crate::Catalog::auth).
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod decision;
+mod rules;
+
+pub use decision::{Credentials, TokenSource, authorize};
+pub use rules::{DEFAULT_POLL, Rules};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,13 +102,18 @@ pub struct Rule {
     pub priority: i32,
 }
 
-/// Why [`verify`] refused.
+/// Why [`verify`] or [`authorize`] refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    /// No account, and the resource is not public: 401.
-    #[error("no valid credentials for {0}")]
-    Unauthenticated(String),
-    /// An account that may not reach the resource: 403.
+    /// No valid account, and the resource is not public: `UNAUTHENTICATED`, HTTP 401.
+    #[error("{reason}; {resource} needs a valid access token")]
+    Unauthenticated {
+        /// The resource, as `kind:name:endpoint`.
+        resource: String,
+        /// Why there is no account: no token, or why the token was refused.
+        reason: String,
+    },
+    /// An account that may not reach the resource: `PERMISSION_DENIED`, HTTP 403.
     #[error("account `{account}` may not access {resource}")]
     Forbidden {
         /// The account's id.
@@ -95,6 +121,29 @@ pub enum Denied {
         /// The resource, as `kind:name:endpoint`.
         resource: String,
     },
+}
+
+impl Denied {
+    /// The gRPC code: `UNAUTHENTICATED` or `PERMISSION_DENIED`.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Denied::Unauthenticated { .. } => tonic::Code::Unauthenticated,
+            Denied::Forbidden { .. } => tonic::Code::PermissionDenied,
+        }
+    }
+
+    /// The HTTP status: 401 or 403.
+    pub fn http_status(&self) -> http::StatusCode {
+        match self {
+            Denied::Unauthenticated { .. } => http::StatusCode::UNAUTHORIZED,
+            Denied::Forbidden { .. } => http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The gRPC status a server answers with: [`code`](Denied::code) and this message.
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(self.code(), self.to_string())
+    }
 }
 
 /// Decides whether `account` (if any) may reach `resource` under `rules`.
@@ -126,14 +175,26 @@ pub fn verify(
     Err(refusal(account, resource))
 }
 
+/// The reason of [`Denied::Unauthenticated`] when no token came at all.
+pub(crate) const NO_TOKEN: &str = "no access token";
+
 fn refusal(account: Option<&Account>, resource: &Resource) -> Denied {
-    let described = format!("{}:{}:{}", resource.kind, resource.name, resource.endpoint);
     match account {
-        None => Denied::Unauthenticated(described),
+        None => Denied::Unauthenticated {
+            resource: resource.to_string(),
+            reason: NO_TOKEN.into(),
+        },
         Some(account) => Denied::Forbidden {
             account: account.id.clone(),
-            resource: described,
+            resource: resource.to_string(),
         },
+    }
+}
+
+impl std::fmt::Display for Resource {
+    /// `kind:name:endpoint`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.kind, self.name, self.endpoint)
     }
 }
 
@@ -232,7 +293,7 @@ mod tests {
         let res = Resource::new("service", "greeter", "Greeter.SayHello");
         assert!(matches!(
             verify(&rules, None, &res),
-            Err(Denied::Unauthenticated(_))
+            Err(Denied::Unauthenticated { .. })
         ));
         assert!(matches!(
             verify(&rules, Some(&account(&["user"])), &res),
@@ -262,7 +323,7 @@ mod tests {
         let any_account = [rule("any", "*", "*", Access::Grant, 0)];
         assert!(matches!(
             verify(&any_account, None, &res),
-            Err(Denied::Unauthenticated(_))
+            Err(Denied::Unauthenticated { .. })
         ));
     }
 

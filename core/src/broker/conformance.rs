@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::Error;
 use crate::broker::{Broker, Message, SubscribeOptions, Subscription, handler};
 use crate::conformance::{PROMPT, eventually, unique};
 
@@ -48,6 +49,10 @@ macro_rules! broker_conformance {
             #[tokio::test(flavor = "multi_thread")]
             async fn concurrent_publishers() {
                 suite::concurrent_publishers($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn refuses_unroutable_topics() {
+                suite::refuses_unroutable_topics($make.await).await
             }
         }
     };
@@ -334,4 +339,30 @@ pub async fn concurrent_publishers(broker: Arc<dyn Broker>) {
     })
     .await;
     sub.unsubscribe().await.expect("unsubscribe");
+}
+
+/// Publish and subscribe refuse a topic that is empty, blank, has whitespace or a wildcard
+/// ([`validate_topic`](crate::broker::validate_topic)), with an invalid-argument error naming the
+/// topic, before reaching the backend.
+pub async fn refuses_unroutable_topics(broker: Arc<dyn Broker>) {
+    let named = |result: crate::Result<()>, topic: &str, op: &str| match result {
+        Err(error @ Error::Invalid { what: "topic", .. }) => assert!(
+            error.to_string().contains(&format!("{topic:?}")),
+            "{op} {topic:?}: the error names the topic: {error}"
+        ),
+        other => panic!("{op} {topic:?}: want an invalid-topic error, got {other:?}"),
+    };
+    let wildcard = format!("{}.*", unique("conf.wild"));
+    for topic in ["", " ", "conf bad", wildcard.as_str()] {
+        named(
+            broker.publish(topic, Message::new("x")).await,
+            topic,
+            "publish",
+        );
+        let ignore = handler(|_| async { Ok(()) });
+        let subscribed = broker
+            .subscribe(topic, ignore, SubscribeOptions::default())
+            .await;
+        named(subscribed.map(|_| ()), topic, "subscribe");
+    }
 }

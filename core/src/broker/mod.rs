@@ -4,11 +4,16 @@
 //! them); subscribers without a queue each get every message. A handler's `Err` means the message
 //! was not processed: the broker redelivers it, or dead-letters it after a plugin-defined number
 //! of attempts, and never drops it silently.
+//!
+//! A topic is a name every broker routes the same way ([`validate_topic`]): not empty, no
+//! whitespace, no wildcard; brokers refuse other topics on publish and subscribe.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod topic;
 mod typed;
 
+pub use topic::{MAX_TOPIC_LEN, validate_topic};
 pub use typed::{PROTOBUF, Reject, encode, is_rejection, typed};
 
 use std::collections::BTreeMap;

@@ -15,8 +15,8 @@ use tower::{Service, ServiceExt};
 use super::Selector;
 use super::body::SharedBody;
 use super::cache::{Cache, Resolved, Target, resolve};
+use crate::grpc::grpc_timeout;
 use crate::registry::Registry;
-use crate::wrapper::rate_limit::grpc_timeout;
 use crate::{BoxError, Error};
 
 /// How long a node that refused a connection is passed over.

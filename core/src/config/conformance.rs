@@ -2,12 +2,11 @@
 //! [`config_conformance!`](crate::config_conformance).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 
 use crate::config::Config;
-use crate::conformance::{next, unique};
+use crate::conformance::{PROMPT, eventually, next, unique};
 
 /// Generates one `#[tokio::test]` per conformance case; `$make` is an async expression giving an
 /// `Arc<dyn Config>`. Each case works under a path of its own.
@@ -167,20 +166,14 @@ pub async fn concurrent_writers(config: Arc<dyn Config>) {
         task.await.expect("task").expect("set");
     }
     // Backends with a local cache may apply their own writes a moment later.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(PROMPT, "all 20 writes present", || async {
         let tree = config.get(&root).await.expect("get").unwrap_or_default();
-        if tree.as_object().map(|o| o.len()) == Some(20) {
-            for i in 0..20 {
-                assert_eq!(tree[format!("k{i}")], json!(i));
-            }
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not all 20 writes present: {tree}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tree.as_object().map(|o| o.len()) == Some(20)
+    })
+    .await;
+    let tree = config.get(&root).await.expect("get").unwrap_or_default();
+    for i in 0..20 {
+        assert_eq!(tree[format!("k{i}")], json!(i), "k{i} in {tree}");
     }
     config.delete(&root).await.expect("cleanup");
 }

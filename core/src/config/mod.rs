@@ -7,9 +7,11 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod path;
+mod tree;
 mod watch;
 
 pub use path::{delete_path, get_path, set_path, split_path};
+pub use tree::{assemble, flatten};
 pub use watch::WatchHub;
 
 use async_trait::async_trait;

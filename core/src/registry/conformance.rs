@@ -4,11 +4,12 @@
 //! an async expression that builds a fresh `Arc<dyn Registry>` against the real backend. Each case
 //! uses service names of its own, so cases can run in parallel on one backend.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conformance::{PROMPT, eventually, next, unique};
-use crate::registry::{Endpoint, EventKind, MessageType, Node, Registry, Service, Watcher};
+use crate::registry::{Endpoint, Event, EventKind, MessageType, Node, Registry, Service, Watcher};
 
 /// The TTL the expiry case registers with; backends raise shorter TTLs (etcd to about 2 s).
 pub const SHORT_TTL: Duration = Duration::from_secs(2);
@@ -35,6 +36,10 @@ macro_rules! registry_conformance {
             async fn nodes_come_and_go() { suite::nodes_come_and_go($make.await).await }
             #[tokio::test(flavor = "multi_thread")]
             async fn watch_in_order() { let r = $make.await; let o = $observer.await.unwrap_or_else(|| r.clone()); suite::watch_in_order(r, o).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn watch_a_burst_of_changes() { let r = $make.await; let o = $observer.await.unwrap_or_else(|| r.clone()); suite::watch_a_burst_of_changes(r, o).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn unchanged_registration_is_silent() { let r = $make.await; let o = $observer.await.unwrap_or_else(|| r.clone()); suite::unchanged_registration_is_silent(r, o).await }
             #[tokio::test(flavor = "multi_thread")]
             async fn watch_all_services() { suite::watch_all_services($make.await).await }
             #[tokio::test(flavor = "multi_thread")]
@@ -246,6 +251,222 @@ pub async fn watch_in_order(registry: Arc<dyn Registry>, observer: Arc<dyn Regis
         .deregister(&unrelated)
         .await
         .expect("deregister other");
+}
+
+/// What one node went through, in order: each record it was registered with, `None` when it was
+/// deregistered.
+type History = Vec<Option<Service>>;
+
+/// Follows one watcher through a burst of changes: every event must move its node forward along
+/// the node's history (a backend that lists snapshots may skip steps, never go back or repeat),
+/// and the events must end at the last state of every node.
+struct Replay<'a> {
+    name: &'a str,
+    histories: &'a BTreeMap<String, History>,
+    /// Per node: the index in its history of the last state the watcher saw.
+    seen: BTreeMap<String, usize>,
+    /// Per node: the record the watcher holds now.
+    holds: BTreeMap<String, Service>,
+}
+
+impl<'a> Replay<'a> {
+    fn new(name: &'a str, histories: &'a BTreeMap<String, History>) -> Self {
+        Replay {
+            name,
+            histories,
+            seen: BTreeMap::new(),
+            holds: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the watcher holds the last state of every node.
+    fn done(&self) -> bool {
+        self.histories
+            .iter()
+            .all(|(id, history)| self.holds.get(id) == history.last().and_then(Option::as_ref))
+    }
+
+    fn apply(&mut self, who: &str, event: Event) {
+        if event.service.name != self.name {
+            return; // another case's service, seen by a watcher of everything
+        }
+        let [node] = event.service.nodes.as_slice() else {
+            panic!("{who}: an event carries exactly one node: {event:?}");
+        };
+        let id = node.id.clone();
+        let history = self
+            .histories
+            .get(&id)
+            .unwrap_or_else(|| panic!("{who}: event for a node never registered: {event:?}"));
+        let after = self.seen.get(&id).map_or(0, |at| at + 1);
+        let state = match event.kind {
+            EventKind::Delete => None,
+            EventKind::Create | EventKind::Update => Some(&event.service),
+        };
+        let Some(at) = (after..history.len()).find(|&i| history[i].as_ref() == state) else {
+            panic!(
+                "{who}: {:?} of {id} is not a later state of the node (seen up to step {after} \
+                 of {history:?}): reordered, repeated or wrong: {event:?}",
+                event.kind
+            );
+        };
+        let held = self.holds.contains_key(&id);
+        let fits = match event.kind {
+            EventKind::Create => !held,
+            EventKind::Update | EventKind::Delete => held,
+        };
+        let holds = if held { "holds" } else { "does not hold" };
+        assert!(
+            fits,
+            "{who}: {:?} of {id} while the watcher {holds} it: {event:?}",
+            event.kind
+        );
+        self.seen.insert(id.clone(), at);
+        match state {
+            Some(record) => self.holds.insert(id, record.clone()),
+            None => self.holds.remove(&id),
+        };
+    }
+}
+
+/// Changes made back to back, without waiting for their events (three nodes registered, one
+/// deregistered, two changed, one of them twice): every watcher, of the service or of everything,
+/// on either client, sees each node's changes in the order they were made and ends at the
+/// registry's state; then nothing more.
+///
+/// A backend that diffs snapshots may merge steps (a node that came and went is never seen, two
+/// changes are one `Update`), but never reorders a node's changes or reports one twice.
+pub async fn watch_a_burst_of_changes(registry: Arc<dyn Registry>, observer: Arc<dyn Registry>) {
+    let name = unique("conf-burst");
+    let mut watchers = vec![
+        (
+            "observer watching the service",
+            observer.watch(Some(&name)).await.expect("watch"),
+        ),
+        (
+            "observer watching everything",
+            observer.watch(None).await.expect("watch all"),
+        ),
+        (
+            "registry watching the service",
+            registry.watch(Some(&name)).await.expect("watch"),
+        ),
+    ];
+    let ids: Vec<String> = (1..=3).map(|i| format!("{name}-{i}")).collect();
+    let first: Vec<Service> = ids
+        .iter()
+        .zip(1001..)
+        .map(|(id, port)| service(&name, "1", vec![node(id, port)]))
+        .collect();
+    let changed = |svc: &Service, weight: &str| {
+        let mut svc = svc.clone();
+        svc.nodes[0].metadata.insert("weight".into(), weight.into());
+        svc
+    };
+    let (n2_changed, n3_changed, n3_again) = (
+        changed(&first[1], "2"),
+        changed(&first[2], "2"),
+        changed(&first[2], "3"),
+    );
+    let mut histories: BTreeMap<String, History> = BTreeMap::new();
+    let mut record = |svc: &Service| {
+        let state = Some(svc.clone());
+        histories
+            .entry(svc.nodes[0].id.clone())
+            .or_default()
+            .push(state);
+    };
+    for svc in &first {
+        registry.register(svc, LONG_TTL).await.expect("register");
+        record(svc);
+    }
+    registry.deregister(&first[0]).await.expect("deregister n1");
+    for (svc, step) in [
+        (&n2_changed, "change n2"),
+        (&n3_changed, "change n3"),
+        (&n3_again, "change n3 again"),
+    ] {
+        registry.register(svc, LONG_TTL).await.expect(step);
+        record(svc);
+    }
+    histories.entry(ids[0].clone()).or_default().push(None);
+
+    for (who, watcher) in &mut watchers {
+        let mut replay = Replay::new(&name, &histories);
+        while !replay.done() {
+            let event = next(watcher, who)
+                .await
+                .unwrap_or_else(|e| panic!("{who}: {e}"));
+            replay.apply(who, event);
+        }
+    }
+    // Nothing more: the next event every watcher sees is the marker registered now.
+    let marker = service(&name, "1", vec![node(&format!("{name}-marker"), 1009)]);
+    registry
+        .register(&marker, LONG_TTL)
+        .await
+        .expect("register marker");
+    for (who, watcher) in &mut watchers {
+        loop {
+            let event = next(watcher, who)
+                .await
+                .unwrap_or_else(|e| panic!("{who}: {e}"));
+            if event.service.name != name {
+                continue;
+            }
+            assert_eq!(
+                (event.kind, event.service.nodes[0].id.as_str()),
+                (EventKind::Create, marker.nodes[0].id.as_str()),
+                "{who}: an event after the burst was over: {event:?}"
+            );
+            break;
+        }
+    }
+    for svc in [&n2_changed, &n3_again, &marker] {
+        registry.deregister(svc).await.expect("deregister");
+    }
+}
+
+/// Registering a node again with the same record (a heartbeat, or a new TTL) sends no event:
+/// the next event a watcher sees is the next real change.
+pub async fn unchanged_registration_is_silent(
+    registry: Arc<dyn Registry>,
+    observer: Arc<dyn Registry>,
+) {
+    let name = unique("conf-silent");
+    let mut watcher = observer.watch(Some(&name)).await.expect("watch");
+    let kept = service(&name, "1", vec![node(&format!("{name}-kept"), 1001)]);
+    registry.register(&kept, LONG_TTL).await.expect("register");
+    expect_event(
+        &mut watcher,
+        EventKind::Create,
+        &kept.nodes[0].id,
+        "register",
+    )
+    .await;
+    for _ in 0..3 {
+        registry.register(&kept, LONG_TTL).await.expect("heartbeat");
+    }
+    registry
+        .register(&kept, LONG_TTL * 2)
+        .await
+        .expect("register with another TTL");
+    registry.register(&kept, LONG_TTL).await.expect("heartbeat");
+    let marker = service(&name, "1", vec![node(&format!("{name}-marker"), 1002)]);
+    registry
+        .register(&marker, LONG_TTL)
+        .await
+        .expect("register marker");
+    expect_event(
+        &mut watcher,
+        EventKind::Create,
+        &marker.nodes[0].id,
+        "the next event after unchanged registrations is the next change",
+    )
+    .await;
+    for svc in [&kept, &marker] {
+        registry.deregister(svc).await.expect("deregister");
+    }
 }
 
 /// A watcher without a filter sees every service.

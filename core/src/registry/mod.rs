@@ -3,6 +3,10 @@
 //! Events are per node: `Create` when a node appears, `Update` when a registered node's record
 //! changes (its metadata, endpoints or version data), `Delete` when it is deregistered or its TTL
 //! lapses. The event's [`Service`] carries exactly the node concerned.
+//!
+//! For plugin authors with one record per node: [`merge_nodes`] turns the records into what
+//! `get_service` returns, and [`diff_nodes`] turns two listings into events, in the one order
+//! every backend that diffs listings uses (creates, updates, then deletes).
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -193,6 +197,41 @@ pub fn merge_nodes(records: impl IntoIterator<Item = Service>) -> Vec<Service> {
     services
 }
 
+/// The events that turn the per-node snapshot `before` into `after`: what a backend that can
+/// only list its nodes (a blocking query, a resync after lost history) tells its watchers.
+///
+/// Both maps hold one single-node [`Service`] per node, keyed by whatever names a node in the
+/// backend (its node id, or its stored key). A node that is unchanged yields nothing; a node
+/// that changed yields one `Update` with its new record, however often it changed in between.
+///
+/// **The order** is the same for every backend: first `Create` for each node that appeared, then
+/// `Update` for each node that changed, then `Delete` for each node that went away, each group
+/// in key order. Deletes come last so that a watcher applying the events one by one never holds
+/// fewer nodes than the snapshot it ends at: when one node replaced another in the gap (a
+/// rolling restart), a client keeps a node to call throughout instead of passing through none.
+pub fn diff_nodes<K: Ord>(
+    before: &BTreeMap<K, Service>,
+    after: &BTreeMap<K, Service>,
+) -> Vec<Event> {
+    let event = |kind, service: &Service| Event {
+        kind,
+        service: service.clone(),
+    };
+    let created = after
+        .iter()
+        .filter(|(key, _)| !before.contains_key(key))
+        .map(|(_, service)| event(EventKind::Create, service));
+    let updated = after
+        .iter()
+        .filter(|(key, service)| before.get(key).is_some_and(|old| old != *service))
+        .map(|(_, service)| event(EventKind::Update, service));
+    let deleted = before
+        .iter()
+        .filter(|(key, _)| !after.contains_key(key))
+        .map(|(_, service)| event(EventKind::Delete, service));
+    created.chain(updated).chain(deleted).collect()
+}
+
 fn null_as_default<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -260,6 +299,48 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn diffs_in_the_documented_order() {
+        let record = |id: &str, port: u16| {
+            Service {
+                name: "s".into(),
+                ..Default::default()
+            }
+            .with_node(Node {
+                id: id.into(),
+                address: format!("x:{port}"),
+                ..Default::default()
+            })
+        };
+        let snapshot = |nodes: &[(&str, u16)]| -> BTreeMap<String, Service> {
+            nodes
+                .iter()
+                .map(|(id, port)| (id.to_string(), record(id, *port)))
+                .collect()
+        };
+        let before = snapshot(&[("a", 1), ("b", 1), ("c", 1), ("e", 1)]);
+        let after = snapshot(&[("b", 2), ("c", 1), ("d", 1), ("f", 1), ("e", 2)]);
+        let events = diff_nodes(&before, &after);
+        let got: Vec<(EventKind, &str, &str)> = events
+            .iter()
+            .map(|e| {
+                let node = &e.service.nodes[0];
+                (e.kind, node.id.as_str(), node.address.as_str())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (EventKind::Create, "d", "x:1"),
+                (EventKind::Create, "f", "x:1"),
+                (EventKind::Update, "b", "x:2"),
+                (EventKind::Update, "e", "x:2"),
+                (EventKind::Delete, "a", "x:1"),
+            ]
+        );
+        assert!(diff_nodes(&after, &after).is_empty(), "no change, no event");
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl Server {
         let mut handlers: HandlerService =
             BoxCloneSyncService::new(std::mem::take(&mut self.routes).prepare());
         for (endpoint, wrapper) in &self.endpoint_wrappers {
-            let path = grpc_path(service, endpoint)?;
+            let path = crate::grpc::grpc_path(service, endpoint)?;
             handlers = BoxCloneSyncService::new(OnPath::new(
                 path,
                 wrapper.wrap(handlers.clone()),
@@ -278,29 +278,6 @@ impl Server {
 }
 
 use tonic::codegen::http;
-
-/// The gRPC path of `endpoint` ("Greeter.SayHello" or a path already).
-fn grpc_path(service: &crate::registry::Service, endpoint: &str) -> Result<String> {
-    let found = service.endpoints.iter().find(|e| {
-        e.name == endpoint
-            || e.metadata
-                .get("grpc_method")
-                .is_some_and(|p| p == endpoint || p.trim_start_matches('/') == endpoint)
-    });
-    match found.and_then(|e| e.metadata.get("grpc_method")) {
-        Some(path) => Ok(path.clone()),
-        None => {
-            let known: Vec<&str> = service.endpoints.iter().map(|e| e.name.as_str()).collect();
-            Err(Error::invalid(
-                "endpoint",
-                format!(
-                    "the server has no endpoint `{endpoint}` (known: {}); did you add its descriptors?",
-                    known.join(", ")
-                ),
-            ))
-        }
-    }
-}
 
 /// Wildcard binds are advertised on loopback; anything else as bound.
 fn advertised_address(local: SocketAddr) -> SocketAddr {

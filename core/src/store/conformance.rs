@@ -219,13 +219,20 @@ pub async fn namespaces_are_separate(store: Arc<dyn Store>) {
         assert_eq!(got[0].value, want, "in {ns:?}");
     }
     store.delete("k", &t1).await.expect("delete");
+    let deleted = store
+        .read("k", &Query::default().in_namespace(t1.clone()))
+        .await;
     assert!(
-        store
-            .read("k", &Query::default().in_namespace(t2.clone()))
-            .await
-            .is_ok(),
-        "delete stays in its table"
+        matches!(deleted, Err(Error::NotFound(_))),
+        "the key is gone from {t1:?}: {deleted:?}"
     );
+    for (ns, want) in [(&t2, "two"), (&other_db, "three")] {
+        let got = store
+            .read("k", &Query::default().in_namespace(ns.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("the delete in {t1:?} left {ns:?} alone: {e}"));
+        assert_eq!(got[0].value, want, "in {ns:?} after the delete");
+    }
 }
 
 /// Twenty tasks writing distinct keys at once: all there.

@@ -5,11 +5,12 @@
 //! layer written generically over `http::Request`/`http::Response`, like [`RateLimitLayer`],
 //! works on both sides. Wrappers added first run first (outermost).
 
+pub mod auth;
 mod endpoint;
 pub mod rate_limit;
 
 pub use endpoint::OnPath;
-pub use rate_limit::{RateLimit, RateLimitLayer, grpc_timeout};
+pub use rate_limit::{RateLimit, RateLimitLayer};
 
 use std::convert::Infallible;
 use std::sync::Arc;

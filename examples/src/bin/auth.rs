@@ -1,8 +1,9 @@
 //! Accounts and a protected greeter: `Accounts.Login(username, password)` answers an access and
 //! a refresh token (passwords are kept as argon2 hashes), `Accounts.Refresh(refresh_token)` a
-//! new pair, and `Greeter.SayHello` needs the scope `greeter`. Keys come from
-//! `MICRO_AUTH_JWT_*` (see plugins/jwt/README.md); rules from `--rules <file>`, reloaded when the
-//! file changes. Demo accounts: alice/wonderland (scope `greeter`), bob/builder (no scope).
+//! new pair, and `Greeter.SayHello` needs the scope `greeter`. The Auth plugin is chosen by name
+//! (`--auth`, default `jwt` here, whose keys come from `MICRO_AUTH_JWT_*`: see
+//! plugins/jwt/README.md); rules from `--rules <file>` (`examples/auth/rules.toml`), reloaded when
+//! the file changes. Demo accounts: alice/wonderland (scope `greeter`), bob/builder (no scope).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -11,14 +12,14 @@ use std::sync::Arc;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use clap::Parser;
-use micro_core::auth::{Account, TokenOptions};
+use micro_core::auth::{Account, DEFAULT_POLL, Rules, TokenOptions};
 use micro_core::options::{Options, ServiceFlags};
+use micro_core::wrapper::auth::AuthLayer;
 use micro_core::{Auth, Server};
 use micro_examples::auth::v1::accounts_server::{Accounts, AccountsServer};
 use micro_examples::auth::v1::{LoginRequest, RefreshRequest, TokenPair};
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
 use micro_examples::{Greeter, auth, catalog, greeter};
-use micro_jwt::{AuthLayer, JwtAuth, Rules};
 use tonic::{Request, Response, Status};
 
 #[derive(Parser)]
@@ -124,25 +125,31 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let (options, cli) = Options::new("auth").load_with::<Cli>()?;
-    let registry = catalog().registry(&options).await?;
-    let jwt: Arc<dyn Auth> = Arc::new(JwtAuth::from_env()?);
-    let rules = Rules::watch_file(&cli.rules, micro_jwt::DEFAULT_POLL)?;
+    // `jwt` unless the file, the environment (MICRO_AUTH) or --auth names another.
+    let (options, cli) = Options::new("auth").set("auth", "jwt").load_with::<Cli>()?;
+    let mut catalog = catalog();
+    micro_jwt::install(&mut catalog);
+    let registry = catalog.registry(&options).await?;
+    let auth: Arc<dyn Auth> = catalog.auth(&options).await?.ok_or(
+        "the auth example issues tokens: it needs an Auth plugin (--auth jwt), not `none`",
+    )?;
+    let rules = Rules::watch_file(&cli.rules, DEFAULT_POLL)?;
     let running = Server::new(options.clone(), registry)
         .descriptors(greeter::DESCRIPTORS)?
         .descriptors(auth::DESCRIPTORS)?
         .add_service(AccountsServer::new(
-            AccountService::demo(jwt.clone())
+            AccountService::demo(auth.clone())
                 .map_err(|e| format!("hashing the demo passwords: {e}"))?,
         ))
         .add_service(GreeterServer::new(Greeter::default()))
-        .wrap(AuthLayer::new(jwt, rules, &options.server_name))
+        .wrap(AuthLayer::new(auth, rules, &options.server_name))
         .start()
         .await?;
     println!(
-        "auth: service {} listening on {} (rules {})",
+        "auth: service {} listening on {} (auth {}, rules {})",
         options.server_name,
         running.address(),
+        options.auth,
         cli.rules.display()
     );
     Ok(running.stop_on_signal().await?)

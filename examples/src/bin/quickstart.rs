@@ -7,12 +7,12 @@ use micro_core::{Client, Options, Server};
 use micro_examples::greeter::v1::HelloRequest;
 use micro_examples::greeter::v1::greeter_client::GreeterClient;
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
-use micro_examples::{Greeter, greeter, init_tracing};
+use micro_examples::{Greeter, greeter};
 use micro_memory::MemoryRegistry;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    init_tracing();
+    micro_core::logging::init();
     let options = Options::new("greeter").registry("memory").load()?;
     let registry = Arc::new(MemoryRegistry::new());
     let server = Server::new(options.clone(), registry.clone())

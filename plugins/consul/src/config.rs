@@ -17,9 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use micro_core::config::{Config, ConfigWatcher, WatchHub, get_path, set_path, split_path};
+use micro_core::config::{
+    Config, ConfigWatcher, WatchHub, assemble, flatten, get_path, split_path,
+};
 use micro_core::{Error, Result};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -44,21 +46,36 @@ pub struct ConsulConfig {
 /// The tree the watch task last saw, and the task.
 type Follower = (Arc<Mutex<Value>>, JoinHandle<()>);
 
-impl ConsulConfig {
-    /// A config on the agent at `address` (default `127.0.0.1:8500`) with the token from
-    /// `CONSUL_HTTP_TOKEN`, if set.
-    pub fn new(address: Option<&str>) -> Result<Self> {
-        Self::with_token(address, ConsulHttp::token_from_env())
+impl std::fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("http", &self.http)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
+}
 
-    /// A config on the agent at `address` with an explicit ACL token.
-    pub fn with_token(address: Option<&str>, token: Option<String>) -> Result<Self> {
+impl ConsulConfig {
+    /// A config on the agent at `address` (`host:port`; blank is [`DEFAULT_ADDRESS`]) with the
+    /// token from [`TOKEN_ENV`], if set. Connects on first use: only a malformed address is an
+    /// error here.
+    ///
+    /// [`DEFAULT_ADDRESS`]: crate::DEFAULT_ADDRESS
+    /// [`TOKEN_ENV`]: crate::TOKEN_ENV
+    pub fn new(address: &str) -> Result<Self> {
         Ok(ConsulConfig {
-            http: ConsulHttp::new("config", address, token)?,
+            http: ConsulHttp::new("config", address)?,
             prefix: DEFAULT_PREFIX.into(),
             hub: Arc::new(WatchHub::default()),
             follower: Mutex::new(None),
         })
+    }
+
+    /// Sends the ACL token `token` instead of the one from `CONSUL_HTTP_TOKEN`; `None` sends
+    /// none.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.http.set_token(token);
+        self
     }
 
     /// Keeps the tree under `prefix` instead of `micro/config/`.
@@ -107,7 +124,7 @@ fn decode_segment(segment: &str) -> String {
 /// The tree of `entries` (keys under `prefix`); an error naming the first key whose value is
 /// not JSON.
 fn tree_of(http: &ConsulHttp, prefix: &str, entries: &[KvEntry]) -> Result<Value> {
-    let mut tree = Value::Object(Map::new());
+    let mut leaves = Vec::new();
     for entry in entries {
         let Some(relative) = entry.key.strip_prefix(prefix) else {
             continue;
@@ -123,24 +140,9 @@ fn tree_of(http: &ConsulHttp, prefix: &str, entries: &[KvEntry]) -> Result<Value
             )
         })?;
         let segments: Vec<String> = relative.split('/').map(decode_segment).collect();
-        let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
-        set_path(&mut tree, &refs, value);
+        leaves.push((segments, value));
     }
-    Ok(tree)
-}
-
-/// The leaves of `value` at `segments`: `(key segments, JSON value)`.
-fn leaves(segments: &[String], value: &Value, out: &mut Vec<(Vec<String>, Value)>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (name, child) in map {
-                let mut path = segments.to_vec();
-                path.push(name.clone());
-                leaves(&path, child, out);
-            }
-        }
-        leaf => out.push((segments.to_vec(), leaf.clone())),
-    }
+    Ok(assemble(leaves))
 }
 
 #[async_trait]
@@ -166,12 +168,7 @@ impl Config for ConsulConfig {
             ));
         }
         let key = self.key_of(&segments);
-        let owned: Vec<String> = segments.iter().map(|s| s.to_string()).collect();
-        let mut new_leaves = Vec::new();
-        leaves(&owned, &value, &mut new_leaves);
-        if segments.is_empty() {
-            new_leaves.retain(|(s, _)| !s.is_empty());
-        }
+        let new_leaves = flatten(&segments, value);
         let new_keys: Vec<String> = new_leaves
             .iter()
             .map(|(s, _)| self.key_of(&s.iter().map(String::as_str).collect::<Vec<_>>()))
@@ -286,25 +283,14 @@ async fn follow(
     }
 }
 
-pub(crate) fn build(address: Option<&str>) -> Result<Arc<dyn Config>> {
-    Ok(Arc::new(ConsulConfig::new(address)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn leaves_and_segments() {
-        let mut out = Vec::new();
-        leaves(
-            &["a".into()],
-            &json!({"b": {"c": 1}, "d": {}, "e": [1]}),
-            &mut out,
-        );
-        let keys: Vec<String> = out.iter().map(|(s, _)| s.join("/")).collect();
-        assert_eq!(keys, ["a/b/c", "a/d", "a/e"]);
+    fn segments_round_trip() {
+        assert_eq!(encode_segment("x/%y"), "x%2F%25y");
         assert_eq!(decode_segment(&encode_segment("x/%y")), "x/%y");
+        assert_eq!(decode_segment(&encode_segment("%2F")), "%2F");
     }
 }

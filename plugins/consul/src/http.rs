@@ -54,18 +54,25 @@ pub(crate) struct ConsulHttp {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+impl std::fmt::Debug for ConsulHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ConsulHttp")
+            .field("component", &self.component)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ConsulHttp {
-    /// A client of the agent at `address` (`host:port` or `http://host:port`), sending `token`
-    /// as `X-Consul-Token` when given.
-    pub(crate) fn new(
-        component: &'static str,
-        address: Option<&str>,
-        token: Option<String>,
-    ) -> Result<Self> {
-        let address = address
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .unwrap_or(DEFAULT_ADDRESS);
+    /// A client of the agent at `address` (`host:port` or `http://host:port`; blank is
+    /// [`DEFAULT_ADDRESS`]), sending the token from [`TOKEN_ENV`] as `X-Consul-Token` when set.
+    /// Connects on first use: only a malformed address is an error here.
+    pub(crate) fn new(component: &'static str, address: &str) -> Result<Self> {
+        let address = match address.trim() {
+            "" => DEFAULT_ADDRESS,
+            address => address,
+        };
         if address.starts_with("https://") {
             return Err(Error::invalid(
                 "consul address",
@@ -88,14 +95,14 @@ impl ConsulHttp {
             component,
             address: host.to_string(),
             base: format!("http://{host}"),
-            token: token.filter(|t| !t.is_empty()),
+            token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
             client,
         })
     }
 
-    /// The token from [`TOKEN_ENV`], if set.
-    pub(crate) fn token_from_env() -> Option<String> {
-        std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty())
+    /// Sends `token` instead of the one from [`TOKEN_ENV`]; `None` (or empty) sends none.
+    pub(crate) fn set_token(&mut self, token: Option<String>) {
+        self.token = token.filter(|t| !t.is_empty());
     }
 
     /// A backend error of this component with a message alone.
@@ -304,9 +311,14 @@ mod tests {
 
     #[test]
     fn refuses_https_and_bad_addresses() {
-        assert!(ConsulHttp::new("registry", Some("https://x:8501"), None).is_err());
-        assert!(ConsulHttp::new("registry", Some("not an address"), None).is_err());
-        let ok = ConsulHttp::new("registry", None, None).unwrap();
-        assert_eq!(ok.address, DEFAULT_ADDRESS);
+        let err = ConsulHttp::new("registry", "https://x:8501").err().unwrap();
+        assert!(err.to_string().contains("https://x:8501"), "{err}");
+        assert!(ConsulHttp::new("registry", "not an address").is_err());
+        for blank in ["", "  "] {
+            let ok = ConsulHttp::new("registry", blank).unwrap();
+            assert_eq!(ok.address, DEFAULT_ADDRESS);
+        }
+        let ok = ConsulHttp::new("registry", "http://10.0.0.1:8500/").unwrap();
+        assert_eq!(ok.address, "10.0.0.1:8500");
     }
 }

@@ -17,7 +17,7 @@
 //! ```no_run
 //! use micro_core::Registry;
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> micro_core::Result<()> {
-//! let registry = micro_consul::ConsulRegistry::new(Some("127.0.0.1:8500"))?;
+//! let registry = micro_consul::ConsulRegistry::new("127.0.0.1:8500")?;
 //! for service in registry.list_services().await? {
 //!     println!("{} {}: {} nodes", service.name, service.version, service.nodes.len());
 //! }
@@ -35,21 +35,28 @@ pub use http::{DEFAULT_ADDRESS, TOKEN_ENV};
 pub use registry::{ConsulRegistry, MICRO_TAG, RECORD_TAG_PREFIX, VERSION_META};
 pub use store::ConsulStore;
 
+use std::sync::Arc;
+
 use micro_core::catalog::Catalog;
 
 /// The name these plugins are installed under.
 pub const NAME: &str = "consul";
 
 /// Installs the Consul Registry, Store and Config under the name `consul`.
+///
+/// Each factory uses the component's address option (`--registry-address`, `--store-address`,
+/// `--config-address`), [`DEFAULT_ADDRESS`] when unset.
 pub fn install(catalog: &mut Catalog) {
     catalog.add_registry(NAME, |opts| async move {
-        registry::build(opts.address.as_deref())
+        let address = opts.address.unwrap_or_default();
+        Ok(Arc::new(ConsulRegistry::new(&address)?) as _)
     });
-    catalog.add_store(
-        NAME,
-        |opts| async move { store::build(opts.address.as_deref()) },
-    );
+    catalog.add_store(NAME, |opts| async move {
+        let address = opts.address.unwrap_or_default();
+        Ok(Arc::new(ConsulStore::new(&address)?) as _)
+    });
     catalog.add_config(NAME, |opts| async move {
-        config::build(opts.address.as_deref())
+        let address = opts.address.unwrap_or_default();
+        Ok(Arc::new(ConsulConfig::new(&address)?) as _)
     });
 }

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use http::{Method, StatusCode};
-use micro_core::registry::{Event, EventKind, Node, Registry, Service, Watcher, merge_nodes};
+use micro_core::registry::{Event, Node, Registry, Service, Watcher, diff_nodes, merge_nodes};
 use micro_core::{Error, Result};
 use serde::Deserialize;
 use serde_json::json;
@@ -66,20 +66,32 @@ pub struct ConsulRegistry {
     registered: Mutex<HashMap<String, String>>,
 }
 
-impl ConsulRegistry {
-    /// A registry talking to the agent at `address` (default `127.0.0.1:8500`) with the token
-    /// from `CONSUL_HTTP_TOKEN`, if set.
-    pub fn new(address: Option<&str>) -> Result<Self> {
-        Self::with_token(address, ConsulHttp::token_from_env())
+impl std::fmt::Debug for ConsulRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulRegistry")
+            .field("http", &self.http)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
     }
+}
 
-    /// A registry talking to the agent at `address` with an explicit ACL token.
-    pub fn with_token(address: Option<&str>, token: Option<String>) -> Result<Self> {
+impl ConsulRegistry {
+    /// A registry talking to the agent at `address` (`host:port`; blank is
+    /// [`DEFAULT_ADDRESS`](crate::DEFAULT_ADDRESS)) with the token from `CONSUL_HTTP_TOKEN`, if
+    /// set. Connects on first use: only a malformed address is an error here.
+    pub fn new(address: &str) -> Result<Self> {
         Ok(ConsulRegistry {
-            http: ConsulHttp::new("registry", address, token)?,
+            http: ConsulHttp::new("registry", address)?,
             wait: DEFAULT_WAIT,
             registered: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sends the ACL token `token` instead of the one from `CONSUL_HTTP_TOKEN`; `None` sends
+    /// none.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.http.set_token(token);
+        self
     }
 
     /// Sets the `wait` of the blocking queries behind watches (at most 10 minutes).
@@ -117,6 +129,12 @@ impl ConsulRegistry {
             .call_ok(Method::PUT, path, Some(Bytes::from(body.clone())))
             .await?;
         self.remembered().insert(node.id.clone(), body);
+        // The agent keeps the status of a check it already has, whatever `Status` says (its
+        // `addServiceInternal` restores checks from a snapshot of its state): a node whose TTL
+        // lapsed would stay critical, out of every read, until its next heartbeat. Pass the
+        // check now, so a (re-)registered node is live when `register` returns.
+        let pass = format!("/v1/agent/check/pass/{}", encode_path(&check_id(&node.id)));
+        self.http.call_ok(Method::PUT, &pass, None).await?;
         Ok(())
     }
 
@@ -136,7 +154,9 @@ fn check_id(node_id: &str) -> String {
 }
 
 /// The body of `PUT /v1/agent/service/register` for one node (agent/service API docs,
-/// "Register Service"; the check is a TTL check that starts `passing`).
+/// "Register Service"). The check is a TTL check with `Status` `passing`, which only applies
+/// when the agent does not have the check yet; [`ConsulRegistry::register_node`] passes it
+/// after every registration.
 fn registration(service: &Service, node: &Node, ttl: Duration) -> Result<String> {
     let ttl = ttl.max(Duration::from_secs(1));
     let record = serde_json::to_string(&service.with_node(node.clone()))
@@ -465,7 +485,7 @@ async fn watch_service(
         match instances(&http, &name, index, wait).await {
             Ok((now, next)) => {
                 pace.succeeded();
-                for event in diff(&known, &now) {
+                for event in diff_nodes(&known, &now) {
                     if sender.send(Ok(event)).await.is_err() {
                         return;
                     }
@@ -542,37 +562,6 @@ async fn watch_all(
             return;
         }
     }
-}
-
-/// Events turning `before` into `after`, in node id order within each kind: deletes, then
-/// creates and updates.
-fn diff(before: &BTreeMap<String, Service>, after: &BTreeMap<String, Service>) -> Vec<Event> {
-    let mut events = Vec::new();
-    for (id, record) in before {
-        if !after.contains_key(id) {
-            events.push(Event {
-                kind: EventKind::Delete,
-                service: record.clone(),
-            });
-        }
-    }
-    for (id, record) in after {
-        let kind = match before.get(id) {
-            None => EventKind::Create,
-            Some(old) if old != record => EventKind::Update,
-            Some(_) => continue,
-        };
-        events.push(Event {
-            kind,
-            service: record.clone(),
-        });
-    }
-    events
-}
-
-/// Shared constructor used by [`crate::install`].
-pub(crate) fn build(address: Option<&str>) -> Result<Arc<dyn Registry>> {
-    Ok(Arc::new(ConsulRegistry::new(address)?))
 }
 
 #[cfg(test)]

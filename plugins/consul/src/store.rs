@@ -11,7 +11,6 @@
 //! until the next read or list of it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -29,6 +28,7 @@ use crate::kv::{self, KvEntry};
 pub(crate) const DEFAULT_PREFIX: &str = "micro/store/";
 
 /// A [`Store`] on Consul KV.
+#[derive(Debug)]
 pub struct ConsulStore {
     http: ConsulHttp,
     prefix: String,
@@ -51,18 +51,24 @@ fn now_ms() -> u64 {
 }
 
 impl ConsulStore {
-    /// A store on the agent at `address` (default `127.0.0.1:8500`) with the token from
-    /// `CONSUL_HTTP_TOKEN`, if set.
-    pub fn new(address: Option<&str>) -> Result<Self> {
-        Self::with_token(address, ConsulHttp::token_from_env())
-    }
-
-    /// A store on the agent at `address` with an explicit ACL token.
-    pub fn with_token(address: Option<&str>, token: Option<String>) -> Result<Self> {
+    /// A store on the agent at `address` (`host:port`; blank is [`DEFAULT_ADDRESS`]) with the
+    /// token from [`TOKEN_ENV`], if set. Connects on first use: only a malformed address is an
+    /// error here.
+    ///
+    /// [`DEFAULT_ADDRESS`]: crate::DEFAULT_ADDRESS
+    /// [`TOKEN_ENV`]: crate::TOKEN_ENV
+    pub fn new(address: &str) -> Result<Self> {
         Ok(ConsulStore {
-            http: ConsulHttp::new("store", address, token)?,
+            http: ConsulHttp::new("store", address)?,
             prefix: DEFAULT_PREFIX.into(),
         })
+    }
+
+    /// Sends the ACL token `token` instead of the one from `CONSUL_HTTP_TOKEN`; `None` sends
+    /// none.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.http.set_token(token);
+        self
     }
 
     /// Keeps records under `prefix` instead of `micro/store/`.
@@ -198,8 +204,4 @@ impl Store for ConsulStore {
         let records = self.scan(&table, prefix, prefix, &query).await?;
         Ok(query.paginate(records.into_iter().map(|r| r.key)))
     }
-}
-
-pub(crate) fn build(address: Option<&str>) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(ConsulStore::new(address)?))
 }

@@ -10,24 +10,22 @@ use micro_core::{Config, Registry, Store};
 
 async fn registry() -> Arc<dyn Registry> {
     let address = support::backend().await;
-    Arc::new(ConsulRegistry::new(Some(&address)).expect("registry"))
+    Arc::new(ConsulRegistry::new(&address).expect("registry"))
 }
 
 async fn observer() -> Option<Arc<dyn Registry>> {
     let address = support::current();
-    Some(Arc::new(
-        ConsulRegistry::new(Some(&address)).expect("observer"),
-    ))
+    Some(Arc::new(ConsulRegistry::new(&address).expect("observer")))
 }
 
 async fn store() -> Arc<dyn Store> {
     let address = support::backend().await;
-    Arc::new(ConsulStore::new(Some(&address)).expect("store"))
+    Arc::new(ConsulStore::new(&address).expect("store"))
 }
 
 async fn config() -> Arc<dyn Config> {
     let address = support::backend().await;
-    Arc::new(ConsulConfig::new(Some(&address)).expect("config"))
+    Arc::new(ConsulConfig::new(&address).expect("config"))
 }
 
 micro_core::registry_conformance!(registry(), observer: observer());

@@ -57,7 +57,7 @@ async fn garbage_server(response: &'static [u8]) -> String {
 #[tokio::test]
 async fn an_unreachable_agent_is_an_error_naming_the_address() {
     let address = dead_address().await;
-    let registry = ConsulRegistry::new(Some(&address)).unwrap();
+    let registry = ConsulRegistry::new(&address).unwrap();
     let err = registry.get_service("x").await.unwrap_err().to_string();
     assert!(
         err.contains(&address) && err.contains("cannot reach"),
@@ -70,7 +70,7 @@ async fn an_unreachable_agent_is_an_error_naming_the_address() {
         .to_string();
     assert!(err.contains(&address), "{err}");
     assert!(registry.watch(None).await.is_err());
-    let store = ConsulStore::new(Some(&address)).unwrap();
+    let store = ConsulStore::new(&address).unwrap();
     let err = store
         .read("k", &Query::default())
         .await
@@ -80,7 +80,7 @@ async fn an_unreachable_agent_is_an_error_naming_the_address() {
         err.contains(&address) && err.starts_with("consul store"),
         "{err}"
     );
-    let config = ConsulConfig::new(Some(&address)).unwrap();
+    let config = ConsulConfig::new(&address).unwrap();
     let err = config.get("a.b").await.unwrap_err().to_string();
     assert!(
         err.contains(&address) && err.starts_with("consul config"),
@@ -93,7 +93,9 @@ async fn a_refused_token_says_so() {
     let double = ConsulApiDouble::start().await;
     double.require_token("right");
     let address = double.address();
-    let wrong = ConsulRegistry::with_token(Some(&address), Some("wrong".into())).unwrap();
+    let wrong = ConsulRegistry::new(&address)
+        .unwrap()
+        .with_token(Some("wrong".into()));
     let err = wrong
         .register(&service("acl"), Duration::from_secs(10))
         .await
@@ -103,14 +105,17 @@ async fn a_refused_token_says_so() {
         err.contains("ACL token was refused") && err.contains("403"),
         "{err}"
     );
-    let err = ConsulStore::with_token(Some(&address), None)
+    let err = ConsulStore::new(&address)
         .unwrap()
+        .with_token(None)
         .read("k", &Query::default())
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("ACL token was refused"), "{err}");
-    let right = ConsulRegistry::with_token(Some(&address), Some("right".into())).unwrap();
+    let right = ConsulRegistry::new(&address)
+        .unwrap()
+        .with_token(Some("right".into()));
     right
         .register(&service("acl"), Duration::from_secs(10))
         .await
@@ -129,7 +134,7 @@ async fn malformed_or_unexpected_answers_are_errors_not_panics() {
     ];
     for answer in answers {
         let address = garbage_server(answer).await;
-        let registry = ConsulRegistry::new(Some(&address)).unwrap();
+        let registry = ConsulRegistry::new(&address).unwrap();
         assert!(
             registry.get_service("x").await.is_err(),
             "get_service on {answer:?}"
@@ -146,7 +151,7 @@ async fn malformed_or_unexpected_answers_are_errors_not_panics() {
             .register(&service("x"), Duration::from_secs(10))
             .await;
         let _ = registry.deregister(&service("x")).await;
-        let store = ConsulStore::new(Some(&address)).unwrap();
+        let store = ConsulStore::new(&address).unwrap();
         assert!(
             store.read("k", &Query::default()).await.is_err(),
             "store read on {answer:?}"
@@ -162,7 +167,7 @@ async fn malformed_or_unexpected_answers_are_errors_not_panics() {
                 .is_err(),
             "store write on {answer:?}"
         );
-        let config = ConsulConfig::new(Some(&address)).unwrap();
+        let config = ConsulConfig::new(&address).unwrap();
         assert!(config.get("a").await.is_err(), "config get on {answer:?}");
         assert!(
             config.watch("a").await.is_err(),
@@ -170,7 +175,7 @@ async fn malformed_or_unexpected_answers_are_errors_not_panics() {
         );
     }
     let address = garbage_server(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{not json").await;
-    let err = ConsulRegistry::new(Some(&address))
+    let err = ConsulRegistry::new(&address)
         .unwrap()
         .get_service("x")
         .await
@@ -183,7 +188,7 @@ async fn malformed_or_unexpected_answers_are_errors_not_panics() {
 async fn malformed_values_in_kv_name_their_key_and_watchers_keep_the_last_good_tree() {
     let double = ConsulApiDouble::start().await;
     let address = double.address();
-    let config = ConsulConfig::new(Some(&address)).unwrap();
+    let config = ConsulConfig::new(&address).unwrap();
     config.set("app.port", json!(8080)).await.unwrap();
     let mut watcher = config.watch("app").await.unwrap();
     raw(
@@ -221,7 +226,7 @@ async fn malformed_values_in_kv_name_their_key_and_watchers_keep_the_last_good_t
         &[],
     )
     .await;
-    let store = ConsulStore::new(Some(&address)).unwrap();
+    let store = ConsulStore::new(&address).unwrap();
     let err = store
         .read("raw", &Query::default())
         .await
@@ -234,9 +239,9 @@ async fn malformed_values_in_kv_name_their_key_and_watchers_keep_the_last_good_t
 async fn a_blocking_query_cut_off_mid_response_resumes() {
     let double = ConsulApiDouble::start().await;
     let address = double.address();
-    let registry: Arc<dyn Registry> = Arc::new(ConsulRegistry::new(Some(&address)).unwrap());
+    let registry: Arc<dyn Registry> = Arc::new(ConsulRegistry::new(&address).unwrap());
     let mut watcher = registry.watch(Some("cut")).await.unwrap();
-    let config = ConsulConfig::new(Some(&address)).unwrap();
+    let config = ConsulConfig::new(&address).unwrap();
     let mut config_watcher = config.watch("cut").await.unwrap();
     double.cut_blocking_responses(4);
     registry
@@ -278,7 +283,7 @@ async fn a_blocking_query_cut_off_mid_response_resumes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_a_watcher_ends_its_blocking_queries() {
     let double = ConsulApiDouble::start().await;
-    let registry = ConsulRegistry::new(Some(&double.address())).unwrap();
+    let registry = ConsulRegistry::new(&double.address()).unwrap();
     let watcher = registry.watch(None).await.unwrap();
     registry
         .register(&service("dropped"), Duration::from_secs(30))

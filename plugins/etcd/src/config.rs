@@ -21,9 +21,11 @@ use etcd_client::{
     Compare, CompareOp, DeleteOptions, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
 };
-use micro_core::config::{Config, ConfigWatcher, WatchHub, get_path, set_path, split_path};
+use micro_core::config::{
+    Config, ConfigWatcher, WatchHub, assemble, flatten, get_path, set_path, split_path,
+};
 use micro_core::{Error, Result};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::{AbortOnDrop, Conn, NAME};
@@ -57,6 +59,15 @@ struct Tree {
     leaves: BTreeMap<String, Value>,
     /// The assembled tree.
     root: Value,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.conn.endpoints)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdConfig {
@@ -197,29 +208,13 @@ fn key_segments<'a>(prefix: &str, key: &'a str) -> Option<Vec<&'a str>> {
     (!segments.iter().any(|s| s.is_empty())).then_some(segments)
 }
 
-/// Assembles leaves (in key order) into a tree.
-fn assemble<'a>(prefix: &str, leaves: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
-    let mut root = Value::Object(Map::new());
-    for (key, value) in leaves {
-        if let Some(segments) = key_segments(prefix, key) {
-            set_path(&mut root, &segments, value);
-        }
-    }
-    root
-}
-
-/// The leaves of `value` at `segments`: one per scalar, array, `null` or empty object.
-fn flatten(segments: &mut Vec<String>, value: Value, out: &mut Vec<(Vec<String>, Value)>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (name, child) in map {
-                segments.push(name);
-                flatten(segments, child, out);
-                segments.pop();
-            }
-        }
-        leaf => out.push((segments.clone(), leaf)),
-    }
+/// The tree of `leaves` (keys under `prefix`, in key order); keys that name no path are skipped.
+fn tree_of<'a>(prefix: &str, leaves: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    assemble(
+        leaves
+            .into_iter()
+            .filter_map(|(key, value)| Some((key_segments(prefix, key)?, value))),
+    )
 }
 
 #[async_trait]
@@ -236,7 +231,7 @@ impl Config for EtcdConfig {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             leaves.push((key, decode(kv)?));
         }
-        let root = assemble(
+        let root = tree_of(
             &self.prefix,
             leaves.iter().map(|(k, v)| (k.as_str(), v.clone())),
         );
@@ -254,12 +249,7 @@ impl Config for EtcdConfig {
                 "the root of the tree must be an object",
             ));
         }
-        let mut leaves = Vec::new();
-        flatten(
-            &mut segments.iter().map(|s| s.to_string()).collect(),
-            value,
-            &mut leaves,
-        );
+        let leaves = flatten(&segments, value);
         let mut puts = BTreeMap::new();
         for (leaf, value) in leaves {
             if let Some(bad) = leaf.iter().find(|s| s.is_empty() || s.contains('/')) {
@@ -406,7 +396,7 @@ impl WatchLoop {
                 }
             }
         }
-        tree.root = assemble(
+        tree.root = tree_of(
             &self.prefix,
             leaves.iter().map(|(k, v)| (k.as_str(), v.clone())),
         );
@@ -434,7 +424,7 @@ impl WatchLoop {
                 match stream.message().await {
                     Ok(Some(response)) => {
                         delay = Duration::from_millis(100);
-                        if crate::registry::went_back(&response, self.revision) {
+                        if crate::went_back(&response, self.revision) {
                             warn!(prefix = %self.prefix, "etcd's revision went back (restarted without its data?); reloading the tree");
                             self.reload().await;
                             break;
@@ -507,7 +497,7 @@ impl WatchLoop {
             }
         }
         if changed {
-            tree.root = assemble(
+            tree.root = tree_of(
                 &self.prefix,
                 tree.leaves.iter().map(|(k, v)| (k.as_str(), v.clone())),
             );
@@ -536,20 +526,8 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn flattens_to_leaves() {
-        let mut out = Vec::new();
-        flatten(
-            &mut vec!["a".into()],
-            json!({"b": {"c": 1, "d": [1, 2]}, "e": {}}),
-            &mut out,
-        );
-        let keys: Vec<String> = out.iter().map(|(s, _)| s.join("/")).collect();
-        assert_eq!(keys, ["a/b/c", "a/b/d", "a/e"]);
-    }
-
-    #[test]
-    fn assembles_leaves() {
-        let tree = assemble(
+    fn assembles_the_keys_under_the_prefix() {
+        let tree = tree_of(
             "/p/",
             [
                 ("/p/a/b", json!(1)),

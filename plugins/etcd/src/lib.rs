@@ -79,6 +79,14 @@ pub(crate) struct Conn {
     pub(crate) endpoints: String,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The endpoints of `address`: comma-separated, blanks ignored, [`DEFAULT_ADDRESS`] when empty.
 pub(crate) fn endpoints(address: &str) -> Vec<String> {
     let list: Vec<String> = address
@@ -159,6 +167,12 @@ impl Conn {
             source,
         )
     }
+}
+
+/// Whether a new watch's first answer shows a revision older than one already seen: etcd lost
+/// its data, and watching from the old revision would miss everything until it catches up.
+pub(crate) fn went_back(response: &etcd_client::WatchResponse, seen: i64) -> bool {
+    response.created() && response.header().is_some_and(|h| h.revision() < seen)
 }
 
 /// Aborts a background task when dropped.

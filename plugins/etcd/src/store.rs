@@ -27,6 +27,7 @@ pub const PREFIX: &str = "/micro/store/";
 const COMPONENT: &str = "store";
 
 /// Key-value records on etcd.
+#[derive(Debug)]
 pub struct EtcdStore {
     conn: Conn,
 }

@@ -1,13 +1,13 @@
 //! Bad input and faults, against the etcd started by `scripts/setup` (127.0.0.1:2379, or
 //! `MICRO_ETCD_ADDRESS`): an unreachable etcd, malformed config values put behind the plugin's
-//! back, a lease revoked behind the registry's back, a watch resuming past a compaction.
+//! back, a lease revoked behind the registry's back. Watches past compactions and cuts are in
+//! `watch.rs`.
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions};
-use futures::StreamExt;
+use etcd_client::{Client, DeleteOptions};
 use micro_core::conformance::{PROMPT, eventually, next, unique};
-use micro_core::registry::{EventKind, Node, Service, Watcher};
+use micro_core::registry::{Node, Service};
 use micro_core::{Config, Registry};
 use micro_etcd::{EtcdConfig, EtcdRegistry, REGISTRY_PREFIX};
 use serde_json::json;
@@ -42,8 +42,7 @@ async fn unreachable_etcd_is_a_prompt_error_naming_the_address() {
     let started = Instant::now();
     let err = EtcdRegistry::connect("127.0.0.1:1")
         .await
-        .err()
-        .expect("nothing listens on port 1");
+        .expect_err("nothing listens on port 1");
     assert!(
         err.to_string().contains("127.0.0.1:1"),
         "names the address: {err}"
@@ -56,8 +55,7 @@ async fn unreachable_etcd_is_a_prompt_error_naming_the_address() {
 
     let err = EtcdConfig::connect("127.0.0.1:1, 127.0.0.1:2")
         .await
-        .err()
-        .expect("unreachable");
+        .expect_err("unreachable");
     let text = err.to_string();
     assert!(
         text.contains("127.0.0.1:1") && text.contains("127.0.0.1:2"),
@@ -136,10 +134,8 @@ async fn a_revoked_lease_is_replaced_by_the_registry_itself() {
     let name = unique("faults-lease");
     let svc = service(&name, &format!("{name}-1"));
     let key = format!("{REGISTRY_PREFIX}{name}/{name}-1");
-    registry
-        .register(&svc, Duration::from_secs(6))
-        .await
-        .expect("register");
+    let ttl = Duration::from_secs(6);
+    registry.register(&svc, ttl).await.expect("register");
 
     let mut client = raw().await;
     let lease_of = |response: etcd_client::GetResponse| response.kvs().first().map(|kv| kv.lease());
@@ -158,8 +154,8 @@ async fn a_revoked_lease_is_replaced_by_the_registry_itself() {
         "revoking deletes"
     );
 
-    // The keeper notices at its next keep-alive (TTL/3 = 2 s) and puts the node again.
-    eventually(Duration::from_secs(6), "node registered again", || {
+    // The keeper notices at its next keep-alive (every TTL/3) and puts the node again.
+    eventually(ttl + PROMPT, "node registered again", || {
         let mut client = client.clone();
         let key = key.clone();
         async move {
@@ -176,119 +172,4 @@ async fn a_revoked_lease_is_replaced_by_the_registry_itself() {
         vec![svc.clone()]
     );
     registry.deregister(&svc).await.expect("deregister");
-}
-
-async fn expect(watcher: &mut Watcher, kind: EventKind, node: &str) {
-    let event = next(watcher, node).await.expect("watch");
-    assert_eq!(
-        (event.kind, event.service.nodes[0].id.as_str()),
-        (kind, node),
-        "{event:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_resyncs_past_a_compaction() {
-    let registry = EtcdRegistry::connect(&address()).await.expect("registry");
-    let observer = EtcdRegistry::connect(&address()).await.expect("observer");
-    let name = unique("faults-compact");
-    let mut client = raw().await;
-    let before = client
-        .get("/", Some(GetOptions::new().with_count_only()))
-        .await
-        .expect("get");
-    let old_revision = before.header().expect("header").revision();
-
-    let (a, b) = (
-        service(&name, &format!("{name}-a")),
-        service(&name, &format!("{name}-b")),
-    );
-    registry.register(&a, PROMPT).await.expect("register a");
-    registry.register(&b, PROMPT).await.expect("register b");
-    // Came and went before the compaction: a replay of history would report it, a resync not.
-    let gone = service(&name, &format!("{name}-gone"));
-    registry
-        .register(&gone, PROMPT)
-        .await
-        .expect("register gone");
-    registry.deregister(&gone).await.expect("deregister gone");
-    let now = client
-        .get("/", Some(GetOptions::new().with_count_only()))
-        .await
-        .expect("get");
-    let revision = now.header().expect("header").revision();
-    client
-        .compact(revision, Some(CompactionOptions::new().with_physical()))
-        .await
-        .expect("compact past the watcher's revision");
-
-    // A watcher that last saw `old_revision`, now compacted: it lists afresh and reports the
-    // difference, then goes on watching.
-    let mut watcher = observer.watch_from_revision(Some(&name), old_revision);
-    let mut created = Vec::new();
-    for _ in 0..2 {
-        let event = next(&mut watcher, "resync").await.expect("watch");
-        assert_eq!(event.kind, EventKind::Create, "{event:?}");
-        created.push(event.service.nodes[0].id.clone());
-    }
-    created.sort();
-    assert_eq!(created, [format!("{name}-a"), format!("{name}-b")]);
-
-    let c = service(&name, &format!("{name}-c"));
-    registry.register(&c, PROMPT).await.expect("register c");
-    expect(&mut watcher, EventKind::Create, &format!("{name}-c")).await;
-    registry.deregister(&a).await.expect("deregister a");
-    expect(&mut watcher, EventKind::Delete, &format!("{name}-a")).await;
-    for s in [&b, &c] {
-        registry.deregister(s).await.expect("deregister");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn every_event_of_a_response_and_deletes_of_unseen_keys() {
-    let observer = EtcdRegistry::connect(&address()).await.expect("observer");
-    let name = unique("faults-txn");
-    let mut watcher = observer.watch(Some(&name)).await.expect("watch");
-    let mut client = raw().await;
-    // Two nodes put in one transaction arrive in one watch response: both are reported.
-    let puts: Vec<etcd_client::TxnOp> = ["x", "y"]
-        .iter()
-        .map(|id| {
-            let svc = service(&name, &format!("{name}-{id}"));
-            let key = format!("{REGISTRY_PREFIX}{name}/{name}-{id}");
-            etcd_client::TxnOp::put(key, serde_json::to_string(&svc).expect("json"), None)
-        })
-        .collect();
-    client
-        .txn(etcd_client::Txn::new().and_then(puts))
-        .await
-        .expect("txn");
-    expect(&mut watcher, EventKind::Create, &format!("{name}-x")).await;
-    expect(&mut watcher, EventKind::Create, &format!("{name}-y")).await;
-
-    // A watcher that never saw the keys still reports their deletes.
-    let late = EtcdRegistry::connect(&address())
-        .await
-        .expect("late observer");
-    let mut late_watcher = late.watch_from_revision(Some(&name), {
-        let now = client
-            .get("/", Some(GetOptions::new().with_count_only()))
-            .await
-            .expect("get");
-        now.header().expect("header").revision()
-    });
-    client
-        .delete(
-            format!("{REGISTRY_PREFIX}{name}/"),
-            Some(DeleteOptions::new().with_prefix()),
-        )
-        .await
-        .expect("raw delete");
-    for watcher in [&mut watcher, &mut late_watcher] {
-        expect(watcher, EventKind::Delete, &format!("{name}-x")).await;
-        expect(watcher, EventKind::Delete, &format!("{name}-y")).await;
-    }
-    drop(late_watcher);
-    let more = tokio::time::timeout(Duration::from_millis(200), watcher.next()).await;
-    assert!(more.is_err(), "nothing more: {more:?}");
 }

@@ -359,15 +359,19 @@ impl JwtAuth {
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| refuse(format!("bad header: {e}")))?;
-        if header.jku.is_some()
-            || header.x5u.is_some()
-            || header.jwk.is_some()
-            || header.x5c.is_some()
-            || header.crit.is_some()
-        {
-            return Err(refuse(
-                "header carries jku, x5u, jwk, x5c or crit; keys come from the key set only".into(),
-            ));
+        let refused_parameter = [
+            ("jku", header.jku.is_some()),
+            ("x5u", header.x5u.is_some()),
+            ("jwk", header.jwk.is_some()),
+            ("x5c", header.x5c.is_some()),
+            ("crit", header.crit.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, present)| present.then_some(name));
+        if let Some(name) = refused_parameter {
+            return Err(refuse(format!(
+                "header parameter `{name}` is refused (keys come from the key set only, and no extension is understood)"
+            )));
         }
         let kid = header
             .kid

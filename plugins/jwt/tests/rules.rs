@@ -6,21 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use micro_core::Config;
-use micro_core::auth::{Account, Denied, Resource};
-use micro_jwt::Rules;
+use micro_core::auth::{Account, Denied, Resource, Rules};
 use micro_memory::MemoryConfig;
+use micro_testkit::eventually;
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// Polls `check` until it holds or the deadline passes.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -68,13 +59,13 @@ async fn a_rewritten_json_file_takes_effect_and_a_malformed_one_is_ignored() {
     ));
 
     std::fs::write(&path, rules_json("user").to_string()).unwrap();
-    eventually("the new rules", || {
+    eventually(DEADLINE, "the new rules", || async {
         rules.verify(Some(&user), &hello()).is_ok()
     })
     .await;
 
     std::fs::write(&path, "[{\"id\": \"broken\", ").unwrap();
-    eventually("the malformed file reported", || {
+    eventually(DEADLINE, "the malformed file reported", || async {
         rules.last_error().is_some()
     })
     .await;
@@ -88,7 +79,7 @@ async fn a_rewritten_json_file_takes_effect_and_a_malformed_one_is_ignored() {
 
     // Fixed again, wrapped in {"rules": [...]}.
     std::fs::write(&path, json!({"rules": rules_json("")}).to_string()).unwrap();
-    eventually("the fixed rules", || {
+    eventually(DEADLINE, "the fixed rules", || async {
         rules.last_error().is_none() && rules.verify(None, &hello()).is_ok()
     })
     .await;
@@ -152,7 +143,7 @@ async fn config_rules_follow_changes() {
     assert!(rules.verify(Some(&user), &hello()).is_err());
 
     config.set("auth.rules", rules_json("user")).await.unwrap();
-    eventually("config change in effect", || {
+    eventually(DEADLINE, "config change in effect", || async {
         rules.verify(Some(&user), &hello()).is_ok()
     })
     .await;
@@ -162,7 +153,10 @@ async fn config_rules_follow_changes() {
         .set("auth.rules", json!([{"id": "x", "access": "sometimes"}]))
         .await
         .unwrap();
-    eventually("malformed config reported", || rules.last_error().is_some()).await;
+    eventually(DEADLINE, "malformed config reported", || async {
+        rules.last_error().is_some()
+    })
+    .await;
     assert!(rules.last_error().unwrap().contains("auth.rules"));
     assert!(rules.verify(Some(&user), &hello()).is_ok());
 
@@ -171,14 +165,17 @@ async fn config_rules_follow_changes() {
         .set("auth.rules", json!({"rules": rules_json("*")}))
         .await
         .unwrap();
-    eventually("good config again", || {
+    eventually(DEADLINE, "good config again", || async {
         rules.last_error().is_none() && rules.current()[0].scope == "*"
     })
     .await;
 
     // Deleted: no rules, everything refused (fail closed).
     config.delete("auth.rules").await.unwrap();
-    eventually("rules emptied", || rules.current().is_empty()).await;
+    eventually(DEADLINE, "rules emptied", || async {
+        rules.current().is_empty()
+    })
+    .await;
     assert!(rules.verify(Some(&user), &hello()).is_err());
 }
 
@@ -190,7 +187,10 @@ async fn config_rules_absent_or_malformed_at_start() {
         .unwrap();
     assert!(rules.current().is_empty());
     config.set("auth.rules", rules_json("")).await.unwrap();
-    eventually("rules arrive", || rules.verify(None, &hello()).is_ok()).await;
+    eventually(DEADLINE, "rules arrive", || async {
+        rules.verify(None, &hello()).is_ok()
+    })
+    .await;
 
     config.set("other.rules", json!("nope")).await.unwrap();
     let error = Rules::from_config(config, "other.rules")

@@ -209,6 +209,15 @@ async fn forged_and_broken_tokens_are_refused() {
                 b"",
             ),
         ),
+        ("jwk header (an embedded key)", header_param_token("jwk")),
+        (
+            "x5c header (an embedded certificate chain)",
+            header_param_token("x5c"),
+        ),
+        (
+            "crit header (an extension we do not know)",
+            header_param_token("crit"),
+        ),
         ("garbage", "garbage".into()),
         ("empty", String::new()),
         ("10 KB token", big),
@@ -234,6 +243,51 @@ async fn forged_and_broken_tokens_are_refused() {
     }
     // The control really is valid, so each refusal above is about its own defect.
     auth.inspect(&valid).await.unwrap();
+}
+
+/// A token signed with the right key (`rsa` of [`multi_key_auth`]), valid in every way but
+/// for the header parameter `name`, whose value is well-formed: `jwk` is the signing key's own
+/// public JWK, `x5c` a one-certificate chain, `crit` a critical extension.
+fn header_param_token(name: &str) -> String {
+    let value = match name {
+        "jku" => json!("https://evil.test/jwks.json"),
+        "x5u" => json!("https://evil.test/cert.pem"),
+        "jwk" => {
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem("rsa_private.pem")).unwrap();
+            serde_json::to_value(
+                jsonwebtoken::jwk::Jwk::from_encoding_key(&key, JAlg::RS256).unwrap(),
+            )
+            .unwrap()
+        }
+        "x5c" => json!([b64(b"not really a DER certificate")]),
+        "crit" => json!(["exp"]),
+        other => panic!("no case for {other}"),
+    };
+    let mut header = json!({"alg": "RS256", "kid": "rsa", "typ": "JWT"});
+    header[name] = value;
+    forge(header, &claims(), JAlg::RS256, b"")
+}
+
+#[tokio::test]
+async fn header_parameters_that_bring_keys_or_extensions_are_refused_by_name() {
+    let auth = multi_key_auth();
+    for name in ["jku", "x5u", "jwk", "x5c", "crit"] {
+        let token = header_param_token(name);
+        let header = jsonwebtoken::decode_header(&token).expect("a well-formed header");
+        assert_eq!(header.kid.as_deref(), Some("rsa"), "{name}");
+        match auth.inspect(&token).await {
+            Err(Error::Invalid {
+                what: "token",
+                message,
+            }) => assert!(
+                message.contains(&format!("`{name}`")) && message.contains("refused"),
+                "{name}: the reason names the parameter: {message}"
+            ),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // Without the parameter the same token passes: the parameter alone is refused.
+    auth.inspect(&rsa_token(&claims())).await.unwrap();
 }
 
 #[tokio::test]

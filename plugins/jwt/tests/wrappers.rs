@@ -5,15 +5,16 @@ mod common;
 use std::sync::Arc;
 
 use common::{AUDIENCE, ISSUER, signing_key};
-use micro_core::auth::{Access, Account, Resource, Rule, TokenOptions};
+use micro_core::auth::{Access, Account, Resource, Rule, Rules, TokenOptions};
 use micro_core::server::RunningServer;
+use micro_core::wrapper::auth::{AuthLayer, ForwardTokenLayer, with_token};
 use micro_core::{Auth, Client, Options, Registry, Server};
-use micro_examples::greeter::v1::greeter_client::GreeterClient;
-use micro_examples::greeter::v1::greeter_server::{self, GreeterServer};
-use micro_examples::greeter::v1::{HelloReply, HelloRequest};
-use micro_examples::{Greeter, greeter};
-use micro_jwt::{Alg, AuthLayer, ForwardTokenLayer, JwtAuth, KeySet, Rules, with_token};
+use micro_jwt::{Alg, JwtAuth, KeySet};
 use micro_memory::MemoryRegistry;
+use micro_testkit::greeter::v1::greeter_client::GreeterClient;
+use micro_testkit::greeter::v1::greeter_server::{self, GreeterServer};
+use micro_testkit::greeter::v1::{HelloReply, HelloRequest};
+use micro_testkit::{Greeter, greeter};
 use tonic::{Code, Request, Response, Status};
 
 fn options(name: &str) -> Options {

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use micro_core::broker::{Broker, Handler, Message, SubscribeOptions, Subscription};
-use micro_core::{Error, Result};
+use micro_core::Result;
+use micro_core::broker::{
+    Broker, Handler, Message, SubscribeOptions, Subscription, validate_topic,
+};
 use tokio::sync::mpsc;
 
 /// Deliveries of one message before it is dead-lettered.
@@ -88,6 +90,15 @@ enum Target {
     Group(String),
 }
 
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("MemoryBroker")
+            .field("topics", &inner.topics.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl MemoryBroker {
     /// A broker with no subscribers.
     pub fn new() -> Self {
@@ -113,9 +124,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        if topic.is_empty() {
-            return Err(Error::invalid("topic", "the topic is empty"));
-        }
+        validate_topic(topic)?;
         self.lock().dispatch(topic, &message, 1, None);
         Ok(())
     }
@@ -126,9 +135,7 @@ impl Broker for MemoryBroker {
         handler: Handler,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>> {
-        if topic.is_empty() {
-            return Err(Error::invalid("topic", "the topic is empty"));
-        }
+        validate_topic(topic)?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let id = {
             let mut inner = self.lock();

@@ -26,6 +26,12 @@ impl Default for MemoryConfig {
     }
 }
 
+impl std::fmt::Debug for MemoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryConfig").finish_non_exhaustive()
+    }
+}
+
 impl MemoryConfig {
     /// An empty tree.
     pub fn new() -> Self {

@@ -60,6 +60,16 @@ impl Inner {
     }
 }
 
+impl std::fmt::Debug for MemoryRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("MemoryRegistry")
+            .field("nodes", &inner.nodes.len())
+            .field("watchers", &inner.watchers.len())
+            .finish()
+    }
+}
+
 impl MemoryRegistry {
     /// An empty registry.
     pub fn new() -> Self {

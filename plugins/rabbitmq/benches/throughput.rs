@@ -15,7 +15,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use micro_core::Broker;
 use micro_core::broker::{Message, SubscribeOptions, handler};
-use micro_rabbitmq::{RabbitBroker, RabbitConfig};
+use micro_rabbitmq::{RabbitBroker, RabbitOptions};
 use tokio::sync::mpsc;
 
 /// Messages per throughput round with one publish in flight; each side runs two rounds,
@@ -36,9 +36,9 @@ type BenchResult<T> = Result<T, BenchError>;
 async fn main() -> BenchResult<()> {
     let address = std::env::var("MICRO_TEST_RABBITMQ")
         .unwrap_or_else(|_| micro_rabbitmq::DEFAULT_ADDRESS.to_string());
-    let config = RabbitConfig::new(&address);
-    let exchange = config.exchange.clone();
-    let broker = RabbitBroker::connect(config).await?;
+    let options = RabbitOptions::new(&address);
+    let exchange = options.exchange.clone();
+    let broker = RabbitBroker::connect(options).await?;
 
     // One durable queue bound to the topic, so both sides' messages are routed and persisted.
     let suffix = format!("{:08x}", fastrand::u32(..));

@@ -3,15 +3,17 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use micro_core::broker::{Broker, Handler, Message, SubscribeOptions, Subscription};
+use micro_core::broker::{
+    Broker, Handler, Message, SubscribeOptions, Subscription, validate_topic,
+};
 use micro_core::{Error, Result};
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::NAME;
-use crate::config::RabbitConfig;
 use crate::connection::{Connector, Routed};
 use crate::headers;
+use crate::options::RabbitOptions;
 use crate::subscriber::RabbitSubscription;
 
 /// A [`Broker`] on RabbitMQ: topics are routing keys on a durable topic exchange, queue groups
@@ -21,18 +23,26 @@ pub struct RabbitBroker {
     connector: Arc<Connector>,
 }
 
+impl std::fmt::Debug for RabbitBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBroker")
+            .field("options", &self.connector.options)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RabbitBroker {
-    /// Connects to `config.address` and declares the exchanges. Fails if RabbitMQ cannot be
+    /// Connects to `options.address` and declares the exchanges. Fails if RabbitMQ cannot be
     /// reached now; once connected, a lost connection is re-established in the background.
-    pub async fn connect(config: RabbitConfig) -> Result<Self> {
+    pub async fn connect(options: RabbitOptions) -> Result<Self> {
         Ok(RabbitBroker {
-            connector: Connector::connect(config).await?,
+            connector: Connector::connect(options).await?,
         })
     }
 
-    /// The configuration this broker runs with.
-    pub fn config(&self) -> &RabbitConfig {
-        &self.connector.config
+    /// The options this broker runs with.
+    pub fn options(&self) -> &RabbitOptions {
+        &self.connector.options
     }
 
     /// Stops every subscription and closes the connection without waiting for running handlers:
@@ -50,13 +60,14 @@ impl Broker for RabbitBroker {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        let config = &self.connector.config;
+        validate_topic(topic)?;
+        let options = &self.connector.options;
         let properties = headers::properties(&message)?;
-        let deadline = Instant::now() + config.publish_timeout;
+        let deadline = Instant::now() + options.publish_timeout;
         match self
             .connector
             .publish(
-                &config.exchange,
+                &options.exchange,
                 topic,
                 &message.body,
                 &properties,
@@ -65,7 +76,7 @@ impl Broker for RabbitBroker {
             .await?
         {
             Routed::Queued => Ok(()),
-            Routed::Unroutable(reason) if config.require_route => Err(Error::backend_msg(
+            Routed::Unroutable(reason) if options.require_route => Err(Error::backend_msg(
                 "broker",
                 NAME,
                 format!(
@@ -90,6 +101,7 @@ impl Broker for RabbitBroker {
         handler: Handler,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>> {
+        validate_topic(topic)?;
         let subscription =
             RabbitSubscription::start(self.connector.clone(), topic, options.queue, handler)
                 .await?;

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::NAME;
-use crate::config::RabbitConfig;
 use crate::headers::short;
+use crate::options::RabbitOptions;
 
 /// First pause between reconnection attempts; doubles up to [`MAX_BACKOFF`].
 pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -58,7 +58,7 @@ pub(crate) enum Routed {
 
 /// Hands out the current [`Link`], reconnecting when it is gone.
 pub(crate) struct Connector {
-    pub(crate) config: RabbitConfig,
+    pub(crate) options: RabbitOptions,
     /// The address without its password, for logs and errors.
     pub(crate) address: String,
     current: Mutex<Option<Arc<Link>>>,
@@ -69,10 +69,10 @@ pub(crate) struct Connector {
 
 impl Connector {
     /// Connects once, failing fast: a wrong address at startup should be an error, not a hang.
-    pub(crate) async fn connect(config: RabbitConfig) -> Result<Arc<Connector>> {
+    pub(crate) async fn connect(options: RabbitOptions) -> Result<Arc<Connector>> {
         let connector = Arc::new(Connector {
-            address: config.redacted_address(),
-            config,
+            address: options.redacted_address(),
+            options,
             current: Mutex::new(None),
             generations: AtomicU64::new(0),
             closed: watch::channel(false).0,
@@ -229,7 +229,7 @@ impl Connector {
         }
         let message = format!(
             "publish to exchange {exchange_name:?} with key {key:?} on {}: not confirmed within {:?}",
-            self.address, self.config.publish_timeout
+            self.address, self.options.publish_timeout
         );
         Err(match last_error {
             Some(err) => Error::backend("broker", NAME, message, err),
@@ -265,7 +265,7 @@ impl Connector {
     /// A new connection with the exchanges (and dead-letter queue) declared.
     async fn open(&self) -> Result<Arc<Link>> {
         let properties = ConnectionProperties::default().with_connection_name("micro".into());
-        let connection = Connection::connect(&self.config.address, properties)
+        let connection = Connection::connect(&self.options.address, properties)
             .await
             .map_err(|err| self.error("connect", err))?;
         let connection = Arc::new(connection);
@@ -288,7 +288,7 @@ impl Connector {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        for exchange in [&self.config.exchange, &self.config.dead_letter_exchange] {
+        for exchange in [&self.options.exchange, &self.options.dead_letter_exchange] {
             channel
                 .exchange_declare(
                     short(exchange, "exchange")?,
@@ -301,7 +301,7 @@ impl Connector {
                     self.error(&format!("declare the topic exchange {exchange:?}"), err)
                 })?;
         }
-        if let Some(queue) = &self.config.dead_letter_queue {
+        if let Some(queue) = &self.options.dead_letter_queue {
             let name = short(queue, "queue")?;
             channel
                 .queue_declare(
@@ -319,7 +319,7 @@ impl Connector {
             channel
                 .queue_bind(
                     name,
-                    short(&self.config.dead_letter_exchange, "exchange")?,
+                    short(&self.options.dead_letter_exchange, "exchange")?,
                     "#".into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),

@@ -6,15 +6,15 @@
 //! subscribers naming a queue share a durable queue of that name, each message going to one of
 //! them. Messages are persistent, `publish` returns once RabbitMQ confirmed the message, handlers'
 //! messages are acknowledged only after they return `Ok`, failed ones are retried up to
-//! [`RabbitConfig::max_attempts`] times and then dead-lettered to `micro.dead-letter`. A dropped
+//! [`RabbitOptions::max_attempts`] times and then dead-lettered to `micro.dead-letter`. A dropped
 //! connection is re-established with backoff and every subscription restored.
 //!
 //! ```no_run
 //! use micro_core::Broker;
 //! use micro_core::broker::{handler, Message, SubscribeOptions};
-//! use micro_rabbitmq::{RabbitBroker, RabbitConfig};
+//! use micro_rabbitmq::{RabbitBroker, RabbitOptions};
 //! # #[tokio::main] async fn main() -> micro_core::Result<()> {
-//! let broker = RabbitBroker::connect(RabbitConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
+//! let broker = RabbitBroker::connect(RabbitOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
 //! let on_email = handler(|message: Message| async move {
 //!     println!("sending {:?}", message.body);
 //!     Ok(())
@@ -27,19 +27,19 @@
 //! Delivery is at least once: a message can be handled twice (a subscriber dying between handling
 //! and acknowledging, a confirm lost with its connection), never silently dropped once `publish`
 //! returned `Ok`, except that a publish to a topic no queue is bound for succeeds and is discarded
-//! (go-micro's semantics; [`RabbitConfig::require_route`] makes it an error). The crate README
+//! (go-micro's semantics; [`RabbitOptions::require_route`] makes it an error). The crate README
 //! has the details, and how to inspect dead letters.
 
 mod broker;
-mod config;
 mod connection;
 mod headers;
+mod options;
 mod subscriber;
 
 pub use broker::RabbitBroker;
-pub use config::{
+pub use options::{
     DEFAULT_ADDRESS, DEFAULT_DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PREFETCH, DEFAULT_PUBLISH_TIMEOUT, RabbitConfig,
+    DEFAULT_PREFETCH, DEFAULT_PUBLISH_TIMEOUT, RabbitOptions,
 };
 
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub fn install(catalog: &mut Catalog) {
         let address = options
             .address
             .unwrap_or_else(|| DEFAULT_ADDRESS.to_string());
-        let broker = RabbitBroker::connect(RabbitConfig::new(address)).await?;
+        let broker = RabbitBroker::connect(RabbitOptions::new(address)).await?;
         Ok(Arc::new(broker) as Arc<dyn Broker>)
     });
 }

@@ -86,7 +86,7 @@ impl RabbitSubscription {
             topic: topic.to_string(),
             group,
         });
-        let deadline = Instant::now() + context.connector.config.publish_timeout;
+        let deadline = Instant::now() + context.connector.options.publish_timeout;
         let consuming = match tokio::time::timeout_at(deadline, consume(&context)).await {
             Ok(consuming) => consuming?,
             Err(_) => {
@@ -137,7 +137,7 @@ impl Subscription for RabbitSubscription {
 /// Declares the queue, binds it to the topic and starts a consumer, on a new channel.
 async fn consume(context: &Context) -> Result<Consuming> {
     let connector = &context.connector;
-    let config = &connector.config;
+    let settings = &connector.options;
     let link = connector.link().await?;
     let channel = link
         .connection
@@ -145,7 +145,7 @@ async fn consume(context: &Context) -> Result<Consuming> {
         .await
         .map_err(|err| connector.error("open a channel", err))?;
     channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await
         .map_err(|err| connector.error("set the prefetch count", err))?;
     let (name, options) = match &context.group {
@@ -175,7 +175,7 @@ async fn consume(context: &Context) -> Result<Consuming> {
     channel
         .queue_bind(
             queue.clone(),
-            short(&config.exchange, "exchange")?,
+            short(&settings.exchange, "exchange")?,
             short(&context.topic, "topic")?,
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -312,7 +312,7 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
         return;
     };
     let connector = &context.connector;
-    let config = &connector.config;
+    let settings = &connector.options;
     let attempts = headers::attempts(&properties).saturating_add(1);
     let topic = match properties
         .headers()
@@ -334,9 +334,9 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
         headers::TOPIC,
         AMQPValue::LongString(LongString::from(topic.as_bytes())),
     );
-    let deadline = Instant::now() + config.publish_timeout;
+    let deadline = Instant::now() + settings.publish_timeout;
     // A rejected message (it cannot be decoded, say) would fail every time: dead-letter it now.
-    let dead = rejected || attempts >= config.max_attempts;
+    let dead = rejected || attempts >= settings.max_attempts;
     let published = if dead {
         warn!(%topic, %queue, attempts, %reason, "rabbitmq: handler gave up on a message; dead-lettering it");
         let mut reason = reason;
@@ -359,7 +359,7 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
         );
         connector
             .publish(
-                &config.dead_letter_exchange,
+                &settings.dead_letter_exchange,
                 &topic,
                 &body,
                 &properties,
@@ -376,7 +376,7 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
         Ok(routed) => {
             if let Routed::Unroutable(why) = routed {
                 if dead {
-                    warn!(%topic, exchange = %config.dead_letter_exchange, why, "rabbitmq: no queue bound to the dead-letter exchange; dead letter discarded");
+                    warn!(%topic, exchange = %settings.dead_letter_exchange, why, "rabbitmq: no queue bound to the dead-letter exchange; dead letter discarded");
                 } else {
                     debug!(%topic, %queue, why, "rabbitmq: the queue is gone; message not retried");
                 }

@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use micro_core::Broker;
-use micro_rabbitmq::RabbitConfig;
+use micro_rabbitmq::RabbitOptions;
 
 micro_core::broker_conformance!(async {
-    Arc::new(common::broker(RabbitConfig::new(common::address())).await) as Arc<dyn Broker>
+    Arc::new(common::broker(RabbitOptions::new(common::address())).await) as Arc<dyn Broker>
 });

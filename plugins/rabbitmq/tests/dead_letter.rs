@@ -11,7 +11,8 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions};
 use lapin::types::AMQPValue;
 use micro_core::Broker;
 use micro_core::broker::{Message, SubscribeOptions, handler};
-use micro_rabbitmq::RabbitConfig;
+use micro_rabbitmq::RabbitOptions;
+use micro_testkit::eventually;
 
 const ATTEMPTS: u32 = 3;
 const GOOD: usize = 50;
@@ -24,11 +25,11 @@ async fn poison_message_is_dead_lettered_after_max_attempts() {
     // A dead-letter exchange and queue of this test's own, so what we find there is ours.
     let dead_exchange = common::unique("test.dead-letter");
     let dead_queue = common::unique("test-dead-letter");
-    let config = RabbitConfig::new(&address)
+    let options = RabbitOptions::new(&address)
         .with_max_attempts(ATTEMPTS)
         .with_dead_letter_exchange(&dead_exchange)
         .with_dead_letter_queue(Some(dead_queue.clone()));
-    let broker = common::broker(config.with_prefetch(1)).await;
+    let broker = common::broker(options.with_prefetch(1)).await;
 
     let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let seen = runs.clone();
@@ -68,10 +69,10 @@ async fn poison_message_is_dead_lettered_after_max_attempts() {
             .await
             .expect("publish");
     }
-    common::eventually(
+    eventually(
         Duration::from_secs(30),
         "every good message processed",
-        || {
+        || async {
             let runs = runs.lock().expect("lock");
             (0..GOOD).all(|i| runs.contains_key(&format!("good-{i}")))
         },
@@ -164,11 +165,11 @@ async fn undecodable_typed_message_is_dead_lettered_at_once() {
     let queue = common::unique("test-undecodable");
     let dead_exchange = common::unique("test.dead-letter");
     let dead_queue = common::unique("test-dead-letter");
-    let config = RabbitConfig::new(&address)
+    let options = RabbitOptions::new(&address)
         .with_max_attempts(5)
         .with_dead_letter_exchange(&dead_exchange)
         .with_dead_letter_queue(Some(dead_queue.clone()));
-    let broker = common::broker(config).await;
+    let broker = common::broker(options).await;
     let decoded: Arc<Mutex<Vec<i64>>> = Arc::default();
     let sink = decoded.clone();
     let typed = micro_core::broker::typed(move |value: prost_types::Duration, _| {
@@ -229,9 +230,11 @@ async fn undecodable_typed_message_is_dead_lettered_at_once() {
         other => panic!("dead-letter reason: {other:?}"),
     }
     dead.ack(BasicAckOptions::default()).await.expect("ack");
-    common::eventually(Duration::from_secs(10), "the good message decoded", || {
-        *decoded.lock().expect("lock") == [42]
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the good message decoded",
+        || async { *decoded.lock().expect("lock") == [42] },
+    )
     .await;
 
     subscription.unsubscribe().await.expect("unsubscribe");

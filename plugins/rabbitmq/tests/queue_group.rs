@@ -1,19 +1,35 @@
-//! 10 000 persistent messages to a queue group of 3 consumers, one of which dies part-way:
-//! every confirmed message is processed, and a message is processed twice only if the dead
-//! consumer had it when it died.
+//! 10 000 persistent messages to a queue group of 3 consumers, one of which is killed part-way
+//! (SIGKILL, in a child process) with messages in hand: every confirmed message is processed,
+//! each message the killed consumer held is processed exactly once by a survivor, and a message
+//! is processed twice only if the killed consumer had handled it (its acknowledgement lost).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::doomed::{DoomedConsumer, Orders};
 use common::{Checker, id_of};
 use micro_core::Broker;
 use micro_core::broker::{Message, SubscribeOptions, handler};
-use micro_rabbitmq::RabbitConfig;
+use micro_rabbitmq::RabbitOptions;
+use micro_testkit::eventually;
 
 const MESSAGES: u64 = 10_000;
 const PUBLISHERS: u64 = 8;
+/// Messages the doomed member handles before its handler starts holding them.
+const DOOMED_HANDLES: usize = 500;
+/// The doomed member's prefetch: how many messages it holds when it is killed.
+const DOOMED_PREFETCH: u16 = 16;
+/// The child-process entry below.
+const DOOMED_ENTRY: &str = "doomed_consumer";
+
+/// Member 2 of the group, run by the test below as a child process it then kills.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a child process of ten_thousand_messages_to_three_consumers_none_lost"]
+async fn doomed_consumer() {
+    common::doomed::child_main().await;
+}
 
 fn counting(checker: &Checker, member: usize) -> micro_core::broker::Handler {
     let checker = checker.clone();
@@ -32,13 +48,9 @@ async fn ten_thousand_messages_to_three_consumers_none_lost() {
     let address = common::address();
     let topic = common::unique("test.group");
     let queue = common::unique("test-group");
-    let config = RabbitConfig::new(&address);
-    let publisher = common::broker(config.clone()).await;
-    // Member 2 has a connection of its own, so closing it is that consumer dying.
-    let (steady, doomed) = (
-        common::broker(config.clone()).await,
-        common::broker(config).await,
-    );
+    let options = RabbitOptions::new(&address);
+    let publisher = common::broker(options.clone()).await;
+    let steady = common::broker(options).await;
     let checker = Checker::default();
     let mut subscriptions = Vec::new();
     for member in 0..2 {
@@ -53,14 +65,20 @@ async fn ten_thousand_messages_to_three_consumers_none_lost() {
                 .expect("subscribe"),
         );
     }
-    let _doomed_subscription = doomed
-        .subscribe(
-            &topic,
-            counting(&checker, 2),
-            SubscribeOptions::queue(&queue),
-        )
-        .await
-        .expect("subscribe");
+    // Member 2 is a process of its own, so killing it is that consumer dying.
+    let orders = Orders {
+        address: address.clone(),
+        topic: topic.clone(),
+        queue: queue.clone(),
+        prefetch: DOOMED_PREFETCH,
+        handle_first: DOOMED_HANDLES,
+    };
+    let recorder = checker.clone();
+    let doomed = DoomedConsumer::spawn(DOOMED_ENTRY, &orders, move |id| recorder.consumed(id, 2));
+    eventually(Duration::from_secs(30), "member 2 subscribes", || async {
+        doomed.seen().ready
+    })
+    .await;
 
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
@@ -77,23 +95,37 @@ async fn ten_thousand_messages_to_three_consumers_none_lost() {
         })
         .collect();
 
-    // Kill member 2 once it has done a fair share, while messages are still flowing.
-    common::eventually(
+    // Kill member 2 once it has done its share and holds a full prefetch of messages it will
+    // never acknowledge, while messages are still flowing.
+    eventually(
         Duration::from_secs(60),
-        "member 2 handles 1000 messages",
-        || checker.per_member(2) >= 1000,
+        "member 2 holds a full prefetch of messages",
+        || async { doomed.seen().held.len() == usize::from(DOOMED_PREFETCH) },
     )
     .await;
-    doomed.close().await;
-    let died_with = checker.handled_by(2);
+    let (died, status) = doomed.kill();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "member 2 died of SIGKILL: {status}"
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = status;
+    assert_eq!(died.done.len(), DOOMED_HANDLES);
+    assert_eq!(died.held.len(), usize::from(DOOMED_PREFETCH));
+    assert!(died.held.is_disjoint(&died.done));
 
     for task in tasks {
         task.await.expect("publisher task");
     }
-    common::eventually(
+    eventually(
         Duration::from_secs(60),
         "every confirmed message consumed",
-        || checker.settled() as u64 == MESSAGES,
+        || async { checker.settled() as u64 == MESSAGES },
     )
     .await;
     // Let stray redeliveries land before counting duplicates.
@@ -119,10 +151,18 @@ async fn ten_thousand_messages_to_three_consumers_none_lost() {
         "unexpected: {:?}",
         report.unexpected
     );
+    for id in &died.held {
+        let members = checker.members_of(*id);
+        assert!(
+            members.len() == 1 && members[0] != 2,
+            "message {id}, held by member 2 when it was killed, was handled by {members:?}: \
+             want exactly once, by a survivor"
+        );
+    }
     for (id, members) in &report.duplicates {
         assert!(
-            died_with.contains(id) && members.contains(&2),
-            "message {id} handled by {members:?}: a duplicate the dead consumer does not explain"
+            died.done.contains(id) && members.contains(&2),
+            "message {id} handled by {members:?}: a duplicate the killed consumer does not explain"
         );
     }
     assert!(

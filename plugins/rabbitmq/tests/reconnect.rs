@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::{Checker, id_of};
 use micro_core::Broker;
 use micro_core::broker::{Message, SubscribeOptions, handler};
-use micro_rabbitmq::RabbitConfig;
+use micro_rabbitmq::RabbitOptions;
+use micro_testkit::eventually;
 
 /// Messages confirmed after `rabbitmqctl` returned before the publishers stop.
 const AFTER: usize = 1_000;
@@ -75,7 +76,7 @@ impl Drop for Vhost {
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnects_after_the_broker_closes_every_connection() {
     let vhost = Vhost::create();
-    let broker = common::broker(RabbitConfig::new(vhost.address())).await;
+    let broker = common::broker(RabbitOptions::new(vhost.address())).await;
     let topic = common::unique("test.reconnect");
     let queue = common::unique("test-reconnect");
 
@@ -147,9 +148,11 @@ async fn reconnects_after_the_broker_closes_every_connection() {
         .collect();
 
     // Once 1000 messages went through, the broker drops every connection of the vhost.
-    common::eventually(Duration::from_secs(60), "1000 messages consumed", || {
-        checker.settled() >= 1000
-    })
+    eventually(
+        Duration::from_secs(60),
+        "1000 messages consumed",
+        || async { checker.settled() >= 1000 },
+    )
     .await;
     let before = checker.confirmed_count();
     let vhost_name = vhost.0.clone();
@@ -163,10 +166,10 @@ async fn reconnects_after_the_broker_closes_every_connection() {
         "rabbitmqctl did not close our connection: {closed}"
     );
     let at_close = checker.confirmed_count();
-    common::eventually(
+    eventually(
         Duration::from_secs(60),
         "1000 more messages confirmed after the close",
-        || checker.confirmed_count() >= at_close + AFTER,
+        || async { checker.confirmed_count() >= at_close + AFTER },
     )
     .await;
     stop.store(true, Ordering::SeqCst);
@@ -174,10 +177,10 @@ async fn reconnects_after_the_broker_closes_every_connection() {
         task.await.expect("publisher task");
     }
     let issued = next_id.load(Ordering::SeqCst);
-    common::eventually(
+    eventually(
         Duration::from_secs(60),
         "every confirmed message consumed",
-        || checker.settled() == checker.confirmed_count(),
+        || async { checker.settled() == checker.confirmed_count() },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -211,10 +214,10 @@ async fn reconnects_after_the_broker_closes_every_connection() {
         .publish(&topic, Message::new("after"))
         .await
         .expect("publish after");
-    common::eventually(
+    eventually(
         Duration::from_secs(10),
         "the broadcast subscriber sees a message after the reconnect",
-        || broadcast.load(Ordering::SeqCst) >= 1,
+        || async { broadcast.load(Ordering::SeqCst) >= 1 },
     )
     .await;
 
@@ -232,7 +235,7 @@ async fn publish_during_an_outage_fails_after_the_timeout_then_recovers() {
     let vhost = Vhost::create();
     let timeout = Duration::from_secs(2);
     let broker =
-        common::broker(RabbitConfig::new(vhost.address()).with_publish_timeout(timeout)).await;
+        common::broker(RabbitOptions::new(vhost.address()).with_publish_timeout(timeout)).await;
     let topic = common::unique("test.outage");
     broker
         .publish(&topic, Message::new("before"))

@@ -1,4 +1,5 @@
-//! A consumer that dies before acknowledging: its message goes to another member of the group.
+//! A consumer closed (`RabbitBroker::close`) before acknowledging: its message goes to another
+//! member of the group. (`queue_group.rs` kills a consumer outright, with SIGKILL.)
 
 mod common;
 
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use micro_core::Broker;
 use micro_core::broker::{Message, SubscribeOptions, handler};
-use micro_rabbitmq::RabbitConfig;
+use micro_rabbitmq::RabbitOptions;
 use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -14,10 +15,10 @@ async fn unacknowledged_message_goes_to_another_member() {
     let address = common::address();
     let topic = common::unique("test.redeliver");
     let queue = common::unique("test-redeliver");
-    let config = RabbitConfig::new(&address);
+    let options = RabbitOptions::new(&address);
     let (doomed, survivor) = (
-        common::broker(config.clone()).await,
-        common::broker(config).await,
+        common::broker(options.clone()).await,
+        common::broker(options).await,
     );
 
     // The doomed member takes the message and never finishes with it.

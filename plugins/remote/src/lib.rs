@@ -1,36 +1,50 @@
 //! # micro-remote
 //!
-//! The `remote` [`Registry`]: a client of the registry that `micro-gateway` embeds and serves
-//! over gRPC (`proto/micro/registry/v1`, default `127.0.0.1:8000`). With it, a gateway and any
-//! number of service processes find each other with no external server. It is the default
-//! registry of services.
+//! The `remote` registry: a [`Registry`] served over gRPC (`proto/micro/registry/v1`), both
+//! sides of it. [`RegistryServer`] serves any `Arc<dyn Registry>` (`micro-gateway` embeds one on
+//! `127.0.0.1:8000`, backed by memory); [`RemoteRegistry`] is the client that service processes
+//! pick with `--registry remote` (their default). With it, a gateway and any number of service
+//! processes find each other with no external server.
 //!
 //! ```no_run
-//! # async fn run() -> micro_core::Result<()> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
 //! use micro_core::Registry;
-//! let registry = micro_remote::RemoteRegistry::new("127.0.0.1:8000")?;
+//! use micro_remote::{RegistryService, RemoteRegistry};
+//!
+//! // Serve an in-memory registry...
+//! let backing: Arc<dyn Registry> = Arc::new(micro_memory::MemoryRegistry::new());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! tokio::spawn(
+//!     tonic::transport::Server::builder()
+//!         .add_service(RegistryService::server(backing))
+//!         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+//! );
+//! // ...and use it from another process.
+//! let registry = RemoteRegistry::new("127.0.0.1:8000")?;
 //! let services = registry.list_services().await?;
-//! # Ok(()) }
+//! # drop(services); Ok(()) }
 //! ```
 
-use std::sync::Arc;
-use std::time::Duration;
+mod client;
+mod proto;
+mod server;
 
-use async_trait::async_trait;
-use futures::StreamExt;
+use std::sync::Arc;
+
+use micro_core::Registry;
 use micro_core::catalog::Catalog;
-use micro_core::proto::registry_v1 as pb;
-use micro_core::proto::registry_v1::registry_client::RegistryClient;
-use micro_core::registry::{Event, Registry, Service, Watcher};
-use micro_core::{Error, Result};
-use tonic::transport::{Channel, Endpoint};
+
+pub use client::RemoteRegistry;
+pub use proto::registry_v1::DESCRIPTORS;
+pub use server::{RegistryServer, RegistryService};
 
 /// The name this plugin is installed under.
 pub const NAME: &str = "remote";
 /// Where the gateway serves its registry by default.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8000";
 
-/// Installs the remote registry under the name `remote`.
+/// Installs the remote registry client under the name `remote`.
 pub fn install(catalog: &mut Catalog) {
     catalog.add_registry(NAME, |options| async move {
         let address = options
@@ -38,137 +52,4 @@ pub fn install(catalog: &mut Catalog) {
             .unwrap_or_else(|| DEFAULT_ADDRESS.to_string());
         Ok(Arc::new(RemoteRegistry::new(&address)?) as Arc<dyn Registry>)
     });
-}
-
-/// A [`Registry`] served by a gateway at `address`. Connects lazily and reconnects by itself.
-#[derive(Clone)]
-pub struct RemoteRegistry {
-    client: RegistryClient<Channel>,
-    address: String,
-}
-
-impl RemoteRegistry {
-    /// A client of the registry at `address` (`host:port`).
-    pub fn new(address: &str) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| {
-                Error::Option(format!(
-                    "option `registry-address`: `{address}` is not a host:port address: {e}"
-                ))
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10));
-        Ok(RemoteRegistry {
-            client: RegistryClient::new(endpoint.connect_lazy()),
-            address: address.to_string(),
-        })
-    }
-
-    fn failure(&self, what: &str, status: tonic::Status) -> Error {
-        match status.code() {
-            tonic::Code::InvalidArgument => Error::invalid("service", status.message().to_string()),
-            tonic::Code::Unavailable | tonic::Code::Unknown => Error::backend_msg(
-                "registry",
-                NAME,
-                format!(
-                    "{what}: cannot reach the registry at {} (is micro-gateway running there?): {}",
-                    self.address,
-                    status.message()
-                ),
-            ),
-            _ => Error::backend_msg(
-                "registry",
-                NAME,
-                format!("{what} at {}: {}", self.address, status.message()),
-            ),
-        }
-    }
-}
-
-#[async_trait]
-impl Registry for RemoteRegistry {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn register(&self, service: &Service, ttl: Duration) -> Result<()> {
-        service.validate()?;
-        let request = pb::RegisterRequest {
-            service: Some(service.into()),
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-        };
-        self.client
-            .clone()
-            .register(request)
-            .await
-            .map_err(|s| self.failure("register", s))?;
-        Ok(())
-    }
-
-    async fn deregister(&self, service: &Service) -> Result<()> {
-        let request = pb::DeregisterRequest {
-            service: Some(service.into()),
-        };
-        self.client
-            .clone()
-            .deregister(request)
-            .await
-            .map_err(|s| self.failure("deregister", s))?;
-        Ok(())
-    }
-
-    async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
-        let reply = self
-            .client
-            .clone()
-            .get_service(pb::GetServiceRequest {
-                name: name.to_string(),
-            })
-            .await
-            .map_err(|s| self.failure("get service", s))?;
-        Ok(reply
-            .into_inner()
-            .services
-            .into_iter()
-            .map(Service::from)
-            .collect())
-    }
-
-    async fn list_services(&self) -> Result<Vec<Service>> {
-        let reply = self
-            .client
-            .clone()
-            .list_services(pb::ListServicesRequest {})
-            .await
-            .map_err(|s| self.failure("list services", s))?;
-        Ok(reply
-            .into_inner()
-            .services
-            .into_iter()
-            .map(Service::from)
-            .collect())
-    }
-
-    async fn watch(&self, service: Option<&str>) -> Result<Watcher> {
-        let request = pb::WatchRequest {
-            service: service.unwrap_or_default().to_string(),
-        };
-        // No overall timeout on a watch: it lives as long as the caller keeps it.
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(Duration::from_secs(365 * 24 * 3600));
-        let stream = self
-            .client
-            .clone()
-            .watch(request)
-            .await
-            .map_err(|s| self.failure("watch", s))?
-            .into_inner();
-        let this = self.clone();
-        Ok(stream
-            .map(move |item| match item {
-                Ok(event) => Event::try_from(event),
-                Err(status) => Err(this.failure("watch", status)),
-            })
-            .boxed())
-    }
 }

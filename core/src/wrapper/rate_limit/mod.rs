@@ -17,6 +17,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::{InMemoryState, NotKeyed};
 use tower::Service;
 
+use crate::grpc::grpc_timeout;
+
 pub(crate) type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
 /// The service made by [`RateLimitLayer`].
@@ -86,42 +88,5 @@ where
                 }
             }
         })
-    }
-}
-
-/// The deadline a gRPC client sent (`grpc-timeout: 100m`), if any.
-pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_grpc_timeouts() {
-        let mut headers = http::HeaderMap::new();
-        for (value, want) in [
-            ("100m", Some(Duration::from_millis(100))),
-            ("2S", Some(Duration::from_secs(2))),
-            ("1H", Some(Duration::from_secs(3600))),
-            ("5x", None),
-            ("", None),
-            ("m", None),
-        ] {
-            headers.insert("grpc-timeout", value.parse().unwrap());
-            assert_eq!(grpc_timeout(&headers), want, "{value}");
-        }
     }
 }

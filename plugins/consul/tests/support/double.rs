@@ -11,6 +11,9 @@
 //! - service checks start `critical` unless `Status` is given; TTL checks turn `critical` when
 //!   not passed within their TTL; `DeregisterCriticalServiceAfter` (1 minute minimum) removes
 //!   the service; every health entry carries the node's `serfHealth` check;
+//! - registering a service again keeps the status and output of the checks the agent already
+//!   has, whatever `Status` says: a lapsed TTL check stays `critical` until it is passed
+//!   (Consul's `agent.go`, `addServiceInternal`: "Restore the fields from the snapshot");
 //! - blocking queries: `index` + `wait` (default 5m, at most 10m), answering as soon as the
 //!   resource's index is greater than the one given, or when `wait` runs out, unchanged.
 //!
@@ -48,6 +51,8 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 /// agent/check, "DeregisterCriticalServiceAfter": "The minimum timeout is 1 minute".
 const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+/// The output of a TTL check whose timer fired (Consul's `checks.CheckTTL`).
+const TTL_EXPIRED: &str = "TTL expired";
 
 /// A running double, listening on 127.0.0.1 with an ephemeral port. Its tasks live in the
 /// runtime that started it.
@@ -202,7 +207,8 @@ impl ConsulApiDouble {
     /// agent/check, TTL checks: "If the check is not set to passing within the TTL, the check
     /// enters the critical state"; agent/service, DeregisterCriticalServiceAfter: services
     /// whose check stays critical that long are deregistered (Consul's reaper runs every 30 s;
-    /// this one every 50 ms).
+    /// this one every 50 ms). As in Consul's local state, the critical clock starts when the
+    /// TTL timer fires; a (re-)registration restarts the timer and the clock.
     fn reap(&self) {
         let now = Instant::now();
         let mut state = self.lock();
@@ -210,19 +216,28 @@ impl ConsulApiDouble {
         let expired: Vec<String> = state
             .checks
             .values()
-            .filter(|c| c.status != "critical" && c.deadline.is_some_and(|d| d <= now))
+            .filter(|c| {
+                (c.status != "critical" || c.critical_since.is_none())
+                    && c.deadline.is_some_and(|d| d <= now)
+            })
             .map(|c| c.id.clone())
             .collect();
         for id in expired {
-            let index = state.bump_index();
             let Some(check) = state.checks.get_mut(&id) else {
                 continue;
             };
-            check.status = "critical".into();
-            check.output = "TTL expired".into();
             check.critical_since = Some(now);
-            check.modify_index = index;
+            if check.status == "critical" && check.output == TTL_EXPIRED {
+                // Already critical (kept through a re-registration): only the clock starts.
+                continue;
+            }
+            check.status = "critical".into();
+            check.output = TTL_EXPIRED.into();
             let service_id = check.service_id.clone();
+            let index = state.bump_index();
+            if let Some(check) = state.checks.get_mut(&id) {
+                check.modify_index = index;
+            }
             state.touch_service(&service_id, index, false);
             changed = true;
         }
@@ -366,6 +381,12 @@ impl ConsulApiDouble {
     /// agent/service, "Register Service" (PUT /v1/agent/service/register): `Name` required,
     /// `ID` defaults to `Name`; `Check`/`Checks` define checks whose `CheckID` defaults to
     /// `service:<ID>` and whose `Status` defaults to `critical`. 200, empty body.
+    ///
+    /// A check the agent already has keeps its status and output, `Status` notwithstanding:
+    /// Consul's `addServiceInternal` builds each check with `Status` (default critical), then
+    /// "Restore the fields from the snapshot" of the agent's checks overwrites `Status` and
+    /// `Output`. Its TTL timer restarts, and with it the critical clock of
+    /// `DeregisterCriticalServiceAfter` (the local state gets a fresh `CheckState`).
     fn register(&self, body: &[u8]) -> Response<Body> {
         let def: Value = match serde_json::from_slice(body) {
             Ok(Value::Object(map)) => Value::Object(map),
@@ -490,6 +511,18 @@ impl ConsulApiDouble {
         }
         let now = Instant::now();
         let mut state = self.lock();
+        // "Restore the fields from the snapshot": a check the agent has keeps its status and
+        // output (and, here, its CreateIndex).
+        let mut kept: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        for (cid, _, status, _, _) in &mut checks {
+            if let Some(existing) = state.checks.get(cid.as_str()) {
+                *status = existing.status.clone();
+                kept.insert(
+                    cid.clone(),
+                    (existing.output.clone(), existing.create_index),
+                );
+            }
+        }
         let old = state.services.get(id).cloned();
         let mut instance = Instance {
             id: id.to_string(),
@@ -511,18 +544,23 @@ impl ConsulApiDouble {
                 ..o.clone()
             } == instance
         });
-        let same_checks = checks.iter().all(|(cid, _, status, ttl, _)| {
-            state
-                .checks
-                .get(cid)
-                .is_some_and(|c| &c.status == status && &c.ttl == ttl)
+        let same_checks = checks.iter().all(|(cid, check_name, status, ttl, after)| {
+            state.checks.get(cid).is_some_and(|c| {
+                c.service_id == id
+                    && &c.name == check_name
+                    && &c.status == status
+                    && &c.ttl == ttl
+                    && &c.deregister_after == after
+            })
         }) && state.checks.values().filter(|c| c.service_id == id).count()
             == checks.len();
         if same_service && same_checks {
-            // An idempotent re-registration: refresh TTL deadlines, no index change.
+            // An idempotent re-registration: the TTL timers (and the critical clocks) restart,
+            // statuses stay, no index changes.
             for (cid, _, _, ttl, _) in &checks {
                 if let (Some(check), Some(ttl)) = (state.checks.get_mut(cid), ttl) {
                     check.deadline = Some(now + *ttl);
+                    check.critical_since = None;
                 }
             }
             return empty(StatusCode::OK);
@@ -539,7 +577,9 @@ impl ConsulApiDouble {
         state.services.insert(id.to_string(), instance);
         state.checks.retain(|_, c| c.service_id != id);
         for (cid, check_name, status, ttl, deregister_after) in checks {
-            let critical = status == "critical";
+            // A TTL check's critical clock starts when its timer fires (see `reap`).
+            let critical = status == "critical" && ttl.is_none();
+            let (output, create_index) = kept.remove(&cid).unwrap_or((String::new(), index));
             state.checks.insert(
                 cid.clone(),
                 Check {
@@ -547,12 +587,12 @@ impl ConsulApiDouble {
                     name: check_name,
                     service_id: id.to_string(),
                     status,
-                    output: String::new(),
+                    output,
                     ttl,
                     deadline: ttl.map(|t| now + t),
                     deregister_after,
                     critical_since: critical.then_some(now),
-                    create_index: index,
+                    create_index,
                     modify_index: index,
                 },
             );

@@ -3,12 +3,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod doomed;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use lapin::{Channel, Connection, ConnectionProperties};
-use micro_rabbitmq::{RabbitBroker, RabbitConfig};
+use micro_rabbitmq::{RabbitBroker, RabbitOptions};
 
 /// Where the tests find RabbitMQ: `MICRO_TEST_RABBITMQ`, or the local default.
 pub fn address() -> String {
@@ -21,9 +22,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", fastrand::u32(..))
 }
 
-/// A broker on `config`, panicking with the reason when RabbitMQ is unreachable.
-pub async fn broker(config: RabbitConfig) -> RabbitBroker {
-    match RabbitBroker::connect(config).await {
+/// A broker on `options`, panicking with the reason when RabbitMQ is unreachable.
+pub async fn broker(options: RabbitOptions) -> RabbitBroker {
+    match RabbitBroker::connect(options).await {
         Ok(broker) => broker,
         Err(err) => {
             panic!("connect to RabbitMQ (is it running? `rabbitmq-server -detached`): {err}")
@@ -49,18 +50,6 @@ pub async fn delete_queues(address: &str, queues: &[&str]) {
             .await;
     }
     let _ = connection.close(200, "done".into()).await;
-}
-
-/// Polls `check` every 20 ms until it holds, panicking with `what` after `deadline`.
-pub async fn eventually(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let until = tokio::time::Instant::now() + deadline;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{what}: not true within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Counts like Jepsen's queue checker: what was confirmed to the publisher against what
@@ -125,6 +114,16 @@ impl Checker {
             .flatten()
             .filter(|&&m| m == member)
             .count()
+    }
+
+    /// The members that handled `id`, one entry per delivery.
+    pub fn members_of(&self, id: u64) -> Vec<usize> {
+        self.consumed
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Ids `member` handled.

@@ -1,12 +1,12 @@
-//! The wire contract of the embedded registry (`proto/micro/registry/v1`), shared by the gateway
-//! that serves it and the `remote` plugin that calls it, and conversions to the core types.
+//! The wire contract (`proto/micro/registry/v1`) shared by [`RegistryServer`](crate::RegistryServer)
+//! and [`RemoteRegistry`](crate::RemoteRegistry), and its conversions to the core types.
 
-use crate::registry::{self, EventKind};
-use crate::{Error, Result};
+use micro_core::registry::{self, EventKind};
+use micro_core::{Error, Result};
 
 /// Generated code of package `micro.registry.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
-pub mod registry_v1 {
+pub(crate) mod registry_v1 {
     tonic::include_proto!("micro.registry.v1");
 
     /// The encoded descriptor set, for reflection.

@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use micro_core::Config;
-use micro_core::auth::{Account, Denied, Resource, Rule, verify};
-use micro_core::{Error, Result};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use super::{Account, Denied, Resource, Rule, verify};
+use crate::config::ConfigWatcher;
+use crate::{Config, Error, Result};
 
 /// How often [`Rules::watch_file`] looks at the file by default.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -22,6 +23,20 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 ///
 /// A malformed update (file or config value) is logged, kept in
 /// [`last_error`](Rules::last_error), and changes nothing: the last good rules stay.
+///
+/// Every [`Rule`] needs a unique `id` and a full resource (`"*"` for any). For services the
+/// resource is `kind = "service"`, `name` = the registered name, `endpoint` = `Service.Method`
+/// (`"Greeter.*"` matches every method of Greeter). A file ends in `.toml` (`[[rules]]` tables),
+/// or is JSON (an array of rules, or `{"rules": [...]}`, as is a Config value):
+///
+/// ```toml
+/// [[rules]]
+/// id = "login-public"
+/// scope = ""              # public; "*" any account; else an account holding this scope
+/// access = "grant"        # or "deny"
+/// priority = 10           # higher first; a deny wins a tie
+/// resource = { kind = "service", name = "auth", endpoint = "Accounts.*" }
+/// ```
 #[derive(Clone)]
 pub struct Rules {
     inner: Arc<Inner>,
@@ -75,7 +90,7 @@ impl Rules {
         Ok(Self::with_source(rules, Source::Fixed))
     }
 
-    /// Rules read from a `.json` or `.toml` file (see the README for the format). Call
+    /// Rules read from a `.json` or `.toml` file (see [`Rules`] for the format). Call
     /// [`reload`](Rules::reload) to re-read it, or use [`watch_file`](Rules::watch_file).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
@@ -228,7 +243,7 @@ impl Rules {
 async fn follow_config(
     config: Arc<dyn Config>,
     path: String,
-    mut watcher: micro_core::config::ConfigWatcher,
+    mut watcher: ConfigWatcher,
     weak: Weak<Inner>,
 ) {
     let what = format!("config `{path}`");

@@ -1,5 +1,5 @@
-//! The embedded registry: the gateway's registry served over gRPC
-//! (`proto/micro/registry/v1`) for the `remote` plugin of service processes.
+//! The server side: any [`Registry`] served over gRPC (`micro.registry.v1.Registry`) for
+//! [`RemoteRegistry`](crate::RemoteRegistry) clients. The gateway embeds one.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,21 +7,34 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use micro_core::Error;
-use micro_core::proto::registry_v1 as pb;
 use micro_core::registry::{Registry, Service};
 use tonic::{Request, Response, Status};
+
+use crate::proto::registry_v1 as pb;
 
 /// Shortest TTL accepted from a remote registration.
 const MIN_TTL: Duration = Duration::from_millis(500);
 
-/// Serves `registry` as `micro.registry.v1.Registry`.
+/// Serves any `Arc<dyn Registry>` as `micro.registry.v1.Registry`: a tonic service, added to a
+/// router like any other (`Server::builder().add_service(RegistryServer::new(registry))`).
+pub type RegistryServer = pb::registry_server::RegistryServer<RegistryService>;
+
+/// The handlers behind [`RegistryServer`]: each call goes to the wrapped registry.
 pub struct RegistryService {
     registry: Arc<dyn Registry>,
 }
 
+impl std::fmt::Debug for RegistryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryService")
+            .field("registry", &self.registry.name())
+            .finish()
+    }
+}
+
 impl RegistryService {
-    /// The tonic service for `registry`.
-    pub fn server(registry: Arc<dyn Registry>) -> pb::registry_server::RegistryServer<Self> {
+    /// The tonic service serving `registry`.
+    pub fn server(registry: Arc<dyn Registry>) -> RegistryServer {
         pb::registry_server::RegistryServer::new(RegistryService { registry })
     }
 }

@@ -1,4 +1,4 @@
-//! [`RabbitConfig`]: where to connect and how messages are routed, retried and confirmed.
+//! [`RabbitOptions`]: where to connect and how messages are routed, retried and confirmed.
 
 use std::time::Duration;
 
@@ -15,20 +15,22 @@ pub const DEFAULT_PREFETCH: u16 = 32;
 /// How long a publish may wait for a connection and a confirm, by default.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How to connect to RabbitMQ and how to treat messages. Build it with [`RabbitConfig::new`] and
+/// How to connect to RabbitMQ and how to treat messages. Build it with [`RabbitOptions::new`] and
 /// the `with_*` methods, then [`RabbitBroker::connect`](crate::RabbitBroker::connect).
 ///
 /// ```
 /// use std::time::Duration;
-/// let config = micro_rabbitmq::RabbitConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+/// let options = micro_rabbitmq::RabbitOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f")
 ///     .with_exchange("shop")
 ///     .with_prefetch(64)
 ///     .with_max_attempts(3)
 ///     .with_publish_timeout(Duration::from_secs(5));
-/// assert_eq!(config.exchange, "shop");
+/// assert_eq!(options.exchange, "shop");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RabbitConfig {
+///
+/// Its `Debug` output shows the address with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RabbitOptions {
     /// The `amqp://` (or `amqps://`) URL of the broker, vhost included.
     pub address: String,
     /// The durable topic exchange every topic is a routing key of.
@@ -54,16 +56,31 @@ pub struct RabbitConfig {
     pub require_route: bool,
 }
 
-impl Default for RabbitConfig {
-    fn default() -> Self {
-        RabbitConfig::new(DEFAULT_ADDRESS)
+impl std::fmt::Debug for RabbitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitOptions")
+            .field("address", &self.redacted_address())
+            .field("exchange", &self.exchange)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("max_attempts", &self.max_attempts)
+            .field("prefetch", &self.prefetch)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("require_route", &self.require_route)
+            .finish()
     }
 }
 
-impl RabbitConfig {
+impl Default for RabbitOptions {
+    fn default() -> Self {
+        RabbitOptions::new(DEFAULT_ADDRESS)
+    }
+}
+
+impl RabbitOptions {
     /// The defaults, connecting to `address`.
     pub fn new(address: impl Into<String>) -> Self {
-        RabbitConfig {
+        RabbitOptions {
             address: address.into(),
             exchange: DEFAULT_EXCHANGE.to_string(),
             dead_letter_exchange: DEFAULT_DEAD_LETTER_EXCHANGE.to_string(),
@@ -151,13 +168,15 @@ mod tests {
         assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
         assert_eq!(redact("amqp://user@host/"), "amqp://user@host/");
         assert_eq!(redact("not a url"), "not a url");
+        let debug = format!("{:?}", RabbitOptions::new("amqp://u:secret@h/%2f"));
+        assert!(debug.contains("amqp://u:***@h/%2f") && !debug.contains("secret"));
     }
 
     #[test]
     fn zero_limits_are_clamped() {
-        let config = RabbitConfig::default()
+        let options = RabbitOptions::default()
             .with_max_attempts(0)
             .with_prefetch(0);
-        assert_eq!((config.max_attempts, config.prefetch), (1, 1));
+        assert_eq!((options.max_attempts, options.prefetch), (1, 1));
     }
 }

@@ -1,0 +1,210 @@
+//! Every HTTP request: admitted (header size, CORS preflight, rate limit), routed by its path
+//! (`route`), answered here for the gateway's own pages or by the call path (`call`), then
+//! counted and logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode, header};
+use micro_core::Error;
+
+use crate::call::{self, CallTarget, Input, Labels};
+use crate::error::ApiError;
+use crate::gateway::GatewayState;
+use crate::request::{client_ip, read_body};
+use crate::route::{self, Target};
+
+/// Largest total of request header names and values; more is 431. (Far larger header blocks are
+/// refused by hyper itself, without the JSON body.)
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// What a request turned out to be: answered already, or a call to make.
+enum Routed {
+    Answer(Response),
+    Call(CallTarget, http::HeaderMap, Input),
+}
+
+/// The axum handler of every request: admit, route, answer, count.
+pub(crate) async fn dispatch(
+    State(state): State<Arc<GatewayState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), service = tracing::field::Empty, endpoint = tracing::field::Empty, request_id = tracing::field::Empty);
+    let answer = async {
+        if let Err(refused) = admit(&state, peer, &request) {
+            return (Labels::default(), Err(refused));
+        }
+        match route(&state, request).await {
+            Ok(Routed::Answer(response)) => (Labels::default(), Ok(response)),
+            Ok(Routed::Call(target, headers, input)) => {
+                call::call(&state, &target, &headers, input).await
+            }
+            Err(e) => (Labels::default(), Err(e)),
+        }
+    };
+    let (labels, result) = tracing::Instrument::instrument(answer, span.clone()).await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some(origin) = origin {
+        state.cors.add_headers(&origin, response.headers_mut());
+    }
+    span.record("service", labels.service.as_str());
+    span.record("endpoint", labels.endpoint.as_str());
+    tracing::debug!(parent: &span, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered");
+    state.metrics.record(
+        &labels.service,
+        &labels.endpoint,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Refuses what is not served at all: oversized headers, and clients over the rate limit
+/// (CORS preflights are not counted against it).
+fn admit(state: &GatewayState, peer: SocketAddr, request: &Request) -> Result<(), ApiError> {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            tonic::Code::InvalidArgument,
+            format!("the request headers are {header_bytes} bytes, more than {MAX_HEADER_BYTES}"),
+        ));
+    }
+    if request.method() == Method::OPTIONS {
+        return Ok(());
+    }
+    if let Some(limiter) = &state.limiter {
+        let client = client_ip(peer, request.headers(), state.options.behind_proxy);
+        if let Err(seconds) = limiter.check(client) {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "rate limit of {}/s per client exceeded",
+                    state.options.rate_limit.unwrap_or_default()
+                ),
+            );
+            error.retry_after = Some(seconds);
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Answers the gateway's own paths; for a call, reads what the call needs.
+async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiError> {
+    if request.method() == Method::OPTIONS {
+        return state.cors.preflight(request.headers()).map(Routed::Answer);
+    }
+    let method = request.method().clone();
+    let only = |allowed: Method, allow: &'static str| {
+        if method == allowed {
+            Ok(())
+        } else {
+            Err(ApiError::method_not_allowed(&method, allow))
+        }
+    };
+    let answer = match route::parse(request.uri().path())? {
+        Target::Index => {
+            only(Method::GET, "GET")?;
+            let mut names: Vec<String> = state
+                .registry
+                .list_services()
+                .await
+                .map_err(registry_down)?
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            names.dedup();
+            json(serde_json::json!({ "services": names }))
+        }
+        Target::Health => {
+            only(Method::GET, "GET")?;
+            let reachable = matches!(
+                tokio::time::timeout(Duration::from_secs(1), state.registry.list_services()).await,
+                Ok(Ok(_))
+            );
+            json(
+                serde_json::json!({ "status": "serving", "registry": { "plugin": state.registry.name(), "reachable": reachable } }),
+            )
+        }
+        Target::Metrics => {
+            only(Method::GET, "GET")?;
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                state.metrics.render(),
+            )
+                .into_response()
+        }
+        Target::Describe(service) => {
+            only(Method::GET, "GET")?;
+            let services = state
+                .registry
+                .get_service(service)
+                .await
+                .map_err(registry_down)?;
+            if services.is_empty() {
+                return Err(ApiError::not_found(format!("unknown service `{service}`")));
+            }
+            json(serde_json::json!({ "name": service, "services": services }))
+        }
+        Target::Rpc => {
+            only(Method::POST, "POST")?;
+            let (headers, body) = read_body(request, state.options.max_body).await?;
+            let (target, input) = CallTarget::from_rpc(&body)?;
+            return Ok(Routed::Call(target, headers, input));
+        }
+        Target::Call {
+            service,
+            grpc_service,
+            method: method_name,
+        } => {
+            let target = CallTarget {
+                service: service.to_string(),
+                grpc_service: grpc_service.map(String::from),
+                method: method_name.to_string(),
+            };
+            return match method {
+                Method::GET => {
+                    let query = request.uri().query().unwrap_or_default().to_string();
+                    let (parts, _) = request.into_parts();
+                    Ok(Routed::Call(target, parts.headers, Input::Query(query)))
+                }
+                Method::POST => {
+                    let (headers, body) = read_body(request, state.options.max_body).await?;
+                    Ok(Routed::Call(target, headers, Input::Json(body)))
+                }
+                _ => Err(ApiError::method_not_allowed(&method, "GET, POST")),
+            };
+        }
+    };
+    Ok(Routed::Answer(answer))
+}
+
+fn registry_down(error: Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        tonic::Code::Unavailable,
+        format!("the registry cannot be read: {error}"),
+    )
+}
+
+fn json(value: serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(value.to_string()),
+    )
+        .into_response()
+}

@@ -1,0 +1,95 @@
+//! gRPC's wire conventions, shared by the server, the client, the wrappers and the gateway:
+//! the `grpc-timeout` header, and the two names of one method — the HTTP/2 path
+//! (`/greeter.v1.Greeter/SayHello`) and the registry's endpoint name (`Greeter.SayHello`).
+
+use std::time::Duration;
+
+use crate::registry::Service;
+use crate::{Error, Result};
+
+/// The deadline a gRPC client sent (`grpc-timeout: 100m`), if any.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The `Service.Method` endpoint of a gRPC path: `/greeter.v1.Greeter/SayHello` →
+/// `Greeter.SayHello`. `None` for a path of another shape.
+pub fn endpoint_of_path(path: &str) -> Option<String> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let service = service.rsplit('.').next()?;
+    if service.is_empty() || method.is_empty() || method.contains('/') {
+        return None;
+    }
+    Some(format!("{service}.{method}"))
+}
+
+/// The gRPC path of `endpoint` of `service`, as the registry records it: `endpoint` is an
+/// endpoint name ("Greeter.SayHello") or a path already ("/greeter.v1.Greeter/SayHello").
+pub fn grpc_path(service: &Service, endpoint: &str) -> Result<String> {
+    let found = service.endpoints.iter().find(|e| {
+        e.name == endpoint
+            || e.metadata
+                .get("grpc_method")
+                .is_some_and(|p| p == endpoint || p.trim_start_matches('/') == endpoint)
+    });
+    match found.and_then(|e| e.metadata.get("grpc_method")) {
+        Some(path) => Ok(path.clone()),
+        None => {
+            let known: Vec<&str> = service.endpoints.iter().map(|e| e.name.as_str()).collect();
+            Err(Error::invalid(
+                "endpoint",
+                format!(
+                    "the server has no endpoint `{endpoint}` (known: {}); did you add its descriptors?",
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        let mut headers = http::HeaderMap::new();
+        for (value, want) in [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5x", None),
+            ("", None),
+            ("m", None),
+        ] {
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(grpc_timeout(&headers), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn endpoints_of_grpc_paths() {
+        assert_eq!(
+            endpoint_of_path("/greeter.v1.Greeter/SayHello").as_deref(),
+            Some("Greeter.SayHello")
+        );
+        assert_eq!(
+            endpoint_of_path("/Greeter/SayHello").as_deref(),
+            Some("Greeter.SayHello")
+        );
+        for bad in ["", "/", "//", "/a/", "/a/b/c", "a/b", "/a.b./c"] {
+            assert_eq!(endpoint_of_path(bad), None, "{bad}");
+        }
+    }
+}
