@@ -12,6 +12,14 @@ pub struct ClientLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
+impl std::fmt::Debug for ClientLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLimiter")
+            .field("clients", &self.limiter.len())
+            .finish()
+    }
+}
+
 impl ClientLimiter {
     /// `rate` per second, `burst` at once (each raised to 1 when 0).
     pub fn new(rate: u32, burst: u32) -> Self {

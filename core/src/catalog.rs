@@ -1,5 +1,16 @@
 //! Plugins by name: each plugin crate's `install(&mut catalog)` adds its factories, and the
 //! catalog builds the one the options name. No linker tricks, no global defaults.
+//!
+//! Plugin types are built the same way in every plugin crate, so an `install` is a few lines:
+//! - in-process types: `Type::new()` (and `Default`);
+//! - types on a server take the address as the `--<component>-address` option gives it, a
+//!   `&str` (blank: the crate's `DEFAULT_ADDRESS`; comma-separated where the client takes
+//!   several): `async fn connect(address) -> Result<Self>` when building contacts the backend
+//!   (and fails naming the address), `fn new(address) -> Result<Self>` when the client connects
+//!   on first use (only a malformed address fails);
+//! - settings: `with_*(self, ..) -> Self`, or on an `*Options` value when they are needed
+//!   before connecting (`RabbitOptions::new(address).with_prefetch(16)`);
+//! - `from_client(client, ..)` wraps a client the caller already has.
 
 use std::collections::BTreeMap;
 use std::future::Future;

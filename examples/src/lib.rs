@@ -99,6 +99,7 @@ pub fn catalog() -> Catalog {
     micro_etcd::install(&mut catalog);
     micro_consul::install(&mut catalog);
     micro_rabbitmq::install(&mut catalog);
+    micro_jwt::install(&mut catalog);
     catalog
 }
 

@@ -49,6 +49,17 @@ fn login(http: std::net::SocketAddr, user: &str, password: &str) -> HttpResponse
     )
 }
 
+/// The `auth` example (Login, Refresh and a greeter), registered with `gateway`'s registry and
+/// reading `rules`, once it listens.
+fn start_auth_example(gateway: &GatewayProcess, rules: &str) -> Process {
+    let registry = gateway.registry.to_string();
+    let mut args = vec!["--registry-address", registry.as_str(), "--rules", rules];
+    args.extend_from_slice(&SHORT_TTL_ARGS);
+    let mut service = Process::start("auth", &args, &ENV, None);
+    service.listening_address();
+    service
+}
+
 #[test]
 fn login_scopes_refresh_cookie_and_live_rules_through_the_gateway() {
     let dir = std::env::temp_dir().join(format!("micro-auth-{}", std::process::id()));
@@ -68,16 +79,8 @@ fn login_scopes_refresh_cookie_and_live_rules_through_the_gateway() {
         ],
         &ENV,
     );
-    let (http, registry) = (gateway.http, gateway.registry.to_string());
-    let mut args = vec![
-        "--registry-address",
-        registry.as_str(),
-        "--rules",
-        rules_path,
-    ];
-    args.extend_from_slice(&SHORT_TTL_ARGS);
-    let mut service = Process::start("auth", &args, &ENV, None);
-    service.listening_address();
+    let http = gateway.http;
+    let _service = start_auth_example(&gateway, rules_path);
     wait_until(PROPAGATION, "the auth service is routable", || {
         login(http, "alice", "wonderland").status == 200
     });
@@ -213,17 +216,8 @@ fn the_gateway_alone_refuses_for_a_service_without_auth() {
     let gateway =
         GatewayProcess::start_with_env(&["--auth", "jwt", "--auth-rules", rules_path], &ENV);
     let http = gateway.http;
-    let registry = gateway.registry.to_string();
     // The token issuer, and a greeter with no AuthLayer, no rules and no keys.
-    let mut args = vec![
-        "--registry-address",
-        registry.as_str(),
-        "--rules",
-        rules_path,
-    ];
-    args.extend_from_slice(&SHORT_TTL_ARGS);
-    let mut issuer = Process::start("auth", &args, &ENV, None);
-    issuer.listening_address();
+    let _issuer = start_auth_example(&gateway, rules_path);
     let mut greeter = gateway.greeter(&[]);
     let greeter_address = greeter.listening_address();
 

@@ -240,3 +240,19 @@ fn bad_options_are_named_with_their_layer_and_value() {
         "lists the installed plugins: {stderr}"
     );
 }
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let gateway = GatewayProcess::start(&[]);
+    let greeter = gateway.greeter(&[]);
+    for (name, log) in [
+        ("micro-gateway", gateway.process.stderr()),
+        ("greeter", greeter.stderr()),
+    ] {
+        assert!(log.contains("INFO"), "{name} logged its start: {log}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "{name}'s log, written to a file, has escape codes: {log:?}"
+        );
+    }
+}

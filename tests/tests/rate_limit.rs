@@ -75,7 +75,7 @@ async fn unknown_endpoint_to_wrap_is_an_error_at_start() {
         .wrap_endpoint("Greeter.SayGoodbye", RateLimitLayer::per_second(1))
         .start()
         .await;
-    let err = result.err().expect("unknown endpoint refused").to_string();
+    let err = result.expect_err("unknown endpoint refused").to_string();
     assert!(
         err.contains("Greeter.SayGoodbye") && err.contains("Greeter.SayHello"),
         "{err}"

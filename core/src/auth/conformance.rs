@@ -94,13 +94,8 @@ fn hello() -> Resource {
 }
 
 fn rule(id: &str, scope: &str, endpoint: &str, access: Access, priority: i32) -> Rule {
-    Rule {
-        id: id.into(),
-        scope: scope.into(),
-        resource: Resource::new("service", "greeter", endpoint),
-        access,
-        priority,
-    }
+    let resource = Resource::new("service", "greeter", endpoint);
+    Rule::new(id, scope, resource, access, priority)
 }
 
 fn rules(list: Vec<Rule>) -> Rules {

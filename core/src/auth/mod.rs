@@ -102,6 +102,26 @@ pub struct Rule {
     pub priority: i32,
 }
 
+impl Rule {
+    /// Rule `id`: `access` to `resource` for accounts with `scope` (`""` public, `"*"` any
+    /// account); rules with a higher `priority` are tried first.
+    pub fn new(
+        id: impl Into<String>,
+        scope: impl Into<String>,
+        resource: Resource,
+        access: Access,
+        priority: i32,
+    ) -> Self {
+        Rule {
+            id: id.into(),
+            scope: scope.into(),
+            resource,
+            access,
+            priority,
+        }
+    }
+}
+
 /// Why [`verify`] or [`authorize`] refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
@@ -257,13 +277,8 @@ mod tests {
     use super::*;
 
     fn rule(id: &str, scope: &str, endpoint: &str, access: Access, priority: i32) -> Rule {
-        Rule {
-            id: id.into(),
-            scope: scope.into(),
-            resource: Resource::new("service", "greeter", endpoint),
-            access,
-            priority,
-        }
+        let resource = Resource::new("service", "greeter", endpoint);
+        Rule::new(id, scope, resource, access, priority)
     }
 
     fn account(scopes: &[&str]) -> Account {

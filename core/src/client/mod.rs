@@ -43,11 +43,25 @@ pub struct Client {
     wrappers: Vec<Wrapper<CallService>>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("wrappers", &self.wrappers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A channel to one service, to hand to a tonic-generated client. Its errors are gRPC
 /// statuses: `UNAVAILABLE` naming the service and registry when no node answers,
 /// `DEADLINE_EXCEEDED` when the call times out.
 #[derive(Clone)]
 pub struct ServiceChannel(CallService);
+
+impl std::fmt::Debug for ServiceChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceChannel")
+    }
+}
 
 impl Service<http::Request<Body>> for ServiceChannel {
     type Response = http::Response<Body>;

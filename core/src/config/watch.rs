@@ -24,6 +24,15 @@ pub struct WatchHub {
     watchers: Mutex<Vec<PathWatcher>>,
 }
 
+impl std::fmt::Debug for WatchHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let watchers = self.watchers.lock().map(|w| w.len()).unwrap_or_default();
+        f.debug_struct("WatchHub")
+            .field("watchers", &watchers)
+            .finish()
+    }
+}
+
 impl WatchHub {
     /// A watcher of `path`, given the tree as it is now.
     pub fn watch(&self, path: &str, current: &Value) -> Result<ConfigWatcher> {

@@ -3,6 +3,9 @@
 //! Run it in a plugin's tests with [`registry_conformance!`](crate::registry_conformance), giving
 //! an async expression that builds a fresh `Arc<dyn Registry>` against the real backend. Each case
 //! uses service names of its own, so cases can run in parallel on one backend.
+//!
+//! Just over 600 lines: one file because the macro lists every case and the cases share their
+//! fixtures; a case is a function a reader finds by the name the macro gives it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -49,6 +49,19 @@ pub struct Server {
     shutdown: Option<ShutdownSignal>,
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("name", &self.options.server_name)
+            .field("address", &self.options.server_address)
+            .field("registry", &self.registry.name())
+            .field("services", &self.names)
+            .field("wrappers", &self.wrappers.len())
+            .field("subscriptions", &self.subscriptions.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
     /// A server with `options` (name, address, TTL, ...) registering with `registry`.
     pub fn new(options: Options, registry: Arc<dyn Registry>) -> Self {
@@ -352,6 +365,17 @@ impl Service<http::Request<Body>> for RouteFirst {
                 span,
             ))
         }
+    }
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("service", &self.service.name)
+            .field("address", &self.address)
+            .field("registry", &self.registry.name())
+            .field("services", &self.names)
+            .finish_non_exhaustive()
     }
 }
 

@@ -6,7 +6,7 @@ use tower::Service;
 
 /// Sends requests for one gRPC path (`/greeter.v1.Greeter/SayHello`) to `wrapped`, every other
 /// request to `plain`. Both are the same handlers; only `wrapped` has the endpoint's layer.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct OnPath<S> {
     path: String,
     wrapped: S,

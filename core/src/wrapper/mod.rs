@@ -31,6 +31,12 @@ pub type CallService = BoxCloneSyncService<http::Request<Body>, http::Response<B
 /// A type-erased layer over `S`, so wrappers of different types can be kept in one list.
 pub struct Wrapper<S>(Arc<dyn Fn(S) -> S + Send + Sync>);
 
+impl<S> std::fmt::Debug for Wrapper<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wrapper")
+    }
+}
+
 impl<S> Clone for Wrapper<S> {
     fn clone(&self) -> Self {
         Wrapper(self.0.clone())

@@ -127,8 +127,7 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // `jwt` unless the file, the environment (MICRO_AUTH) or --auth names another.
     let (options, cli) = Options::new("auth").set("auth", "jwt").load_with::<Cli>()?;
-    let mut catalog = catalog();
-    micro_jwt::install(&mut catalog);
+    let catalog = catalog();
     let registry = catalog.registry(&options).await?;
     let auth: Arc<dyn Auth> = catalog.auth(&options).await?.ok_or(
         "the auth example issues tokens: it needs an Auth plugin (--auth jwt), not `none`",

@@ -114,36 +114,28 @@ async fn raw_round(
     count: usize,
     in_flight: usize,
 ) -> BenchResult<Duration> {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|task| {
-            let (channel, exchange, topic) =
-                (channel.clone(), exchange.to_string(), topic.to_string());
-            tokio::spawn(async move {
-                for _ in (task..count).step_by(in_flight) {
-                    let properties = BasicProperties::default().with_delivery_mode(2);
-                    let confirm = channel
-                        .basic_publish(
-                            exchange.as_str().into(),
-                            topic.as_str().into(),
-                            BasicPublishOptions::default(),
-                            BODY,
-                            properties,
-                        )
-                        .await?
-                        .await?;
-                    if !confirm.is_ack() {
-                        return Err::<(), BenchError>("raw publish not acked".into());
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    Ok(start.elapsed())
+    let (channel, exchange, topic) = (channel.clone(), exchange.to_string(), topic.to_string());
+    fan_out(count, in_flight, move || {
+        let (channel, exchange, topic) = (channel.clone(), exchange.clone(), topic.clone());
+        async move {
+            let properties = BasicProperties::default().with_delivery_mode(2);
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    topic.as_str().into(),
+                    BasicPublishOptions::default(),
+                    BODY,
+                    properties,
+                )
+                .await?
+                .await?;
+            if !confirm.is_ack() {
+                return Err::<(), BenchError>("raw publish not acked".into());
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// `count` publishes through the `Broker` trait from `in_flight` tasks.
@@ -153,13 +145,30 @@ async fn broker_round(
     count: usize,
     in_flight: usize,
 ) -> BenchResult<Duration> {
+    let (broker, topic) = (broker.clone(), topic.to_string());
+    fan_out(count, in_flight, move || {
+        let (broker, topic) = (broker.clone(), topic.clone());
+        async move {
+            broker.publish(&topic, Message::new(BODY)).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `publish` `count` times, from `in_flight` tasks each awaiting its own; the time it took.
+async fn fan_out<F, Fut>(count: usize, in_flight: usize, publish: F) -> BenchResult<Duration>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = BenchResult<()>> + Send,
+{
     let start = Instant::now();
     let tasks: Vec<_> = (0..in_flight)
         .map(|task| {
-            let (broker, topic) = (broker.clone(), topic.to_string());
+            let publish = publish.clone();
             tokio::spawn(async move {
                 for _ in (task..count).step_by(in_flight) {
-                    broker.publish(&topic, Message::new(BODY)).await?;
+                    publish().await?;
                 }
                 Ok::<(), BenchError>(())
             })

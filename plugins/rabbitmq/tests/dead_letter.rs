@@ -146,14 +146,14 @@ async fn poison_message_is_dead_lettered_after_max_attempts() {
 
     subscription.unsubscribe().await.expect("unsubscribe");
     broker.close().await;
-    let _ = channel
-        .exchange_delete(
-            dead_exchange.as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
-    let _ = connection.close(200, "done".into()).await;
-    common::delete_queues(&address, &[&queue, &dead_queue]).await;
+    tear_down(
+        &address,
+        connection,
+        &channel,
+        &dead_exchange,
+        &[&queue, &dead_queue],
+    )
+    .await;
 }
 
 /// A typed subscriber rejects a message that does not decode: it is dead-lettered after one
@@ -239,12 +239,27 @@ async fn undecodable_typed_message_is_dead_lettered_at_once() {
 
     subscription.unsubscribe().await.expect("unsubscribe");
     broker.close().await;
+    tear_down(
+        &address,
+        connection,
+        &channel,
+        &dead_exchange,
+        &[&queue, &dead_queue],
+    )
+    .await;
+}
+
+/// Deletes what a test declared: its dead-letter exchange and queues.
+async fn tear_down(
+    address: &str,
+    connection: lapin::Connection,
+    channel: &lapin::Channel,
+    dead_exchange: &str,
+    queues: &[&str],
+) {
     let _ = channel
-        .exchange_delete(
-            dead_exchange.as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
+        .exchange_delete(dead_exchange.into(), ExchangeDeleteOptions::default())
         .await;
     let _ = connection.close(200, "done".into()).await;
-    common::delete_queues(&address, &[&queue, &dead_queue]).await;
+    common::delete_queues(address, queues).await;
 }

@@ -99,12 +99,7 @@ impl Registry for RemoteRegistry {
             })
             .await
             .map_err(|s| self.failure("get service", s))?;
-        Ok(reply
-            .into_inner()
-            .services
-            .into_iter()
-            .map(Service::from)
-            .collect())
+        Ok(services(reply.into_inner().services))
     }
 
     async fn list_services(&self) -> Result<Vec<Service>> {
@@ -114,12 +109,7 @@ impl Registry for RemoteRegistry {
             .list_services(pb::ListServicesRequest {})
             .await
             .map_err(|s| self.failure("list services", s))?;
-        Ok(reply
-            .into_inner()
-            .services
-            .into_iter()
-            .map(Service::from)
-            .collect())
+        Ok(services(reply.into_inner().services))
     }
 
     async fn watch(&self, service: Option<&str>) -> Result<Watcher> {
@@ -144,4 +134,8 @@ impl Registry for RemoteRegistry {
             })
             .boxed())
     }
+}
+
+fn services(wire: Vec<pb::Service>) -> Vec<Service> {
+    wire.into_iter().map(Service::from).collect()
 }

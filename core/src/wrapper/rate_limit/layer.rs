@@ -18,6 +18,15 @@ pub struct RateLimitLayer {
     max_wait: Option<Duration>,
 }
 
+impl std::fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("per_second", &self.per_second)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RateLimitLayer {
     /// `n` calls per second, burst of `n` (`n` is raised to 1 when 0).
     pub fn per_second(n: u32) -> Self {

@@ -30,6 +30,16 @@ pub struct RateLimit<S> {
     max_wait: Option<Duration>,
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("per_second", &self.per_second)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> RateLimit<S> {
     fn new(inner: S, limiter: Arc<Limiter>, per_second: u32, max_wait: Option<Duration>) -> Self {
         RateLimit {

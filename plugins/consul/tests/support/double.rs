@@ -19,6 +19,10 @@
 //!
 //! Fault knobs for tests: [`ConsulApiDouble::require_token`],
 //! [`ConsulApiDouble::cut_blocking_responses`].
+//!
+//! One file of about a thousand lines on purpose: the agent, catalog, health and KV handlers
+//! share one state and one index, and reading the double against the API docs is easier in one
+//! place than across modules that each need all of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;

@@ -20,25 +20,25 @@
 //! and `Meta.micro_version`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
 use http::{Method, StatusCode};
-use micro_core::registry::{Event, Node, Registry, Service, Watcher, diff_nodes, merge_nodes};
+use micro_core::registry::{Node, Registry, Service, Watcher, merge_nodes};
 use micro_core::{Error, Result};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 
 use crate::NAME;
-use crate::http::{ConsulHttp, blocking_timeout, encode_path, go_duration, next_index};
+use crate::http::{ConsulHttp, encode_path, go_duration};
+
+mod read;
+mod watch;
+
+use read::{instances, micro_names};
+use watch::{WatchStream, watch_all, watch_service};
 
 /// The tag every micro instance carries.
 pub const MICRO_TAG: &str = "micro";
@@ -49,11 +49,6 @@ pub const VERSION_META: &str = "micro_version";
 
 /// `DeregisterCriticalServiceAfter` has a one minute minimum (agent/service API docs).
 const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
-/// At most one blocking query per this interval per watched resource (features/blocking:
-/// "rate limit the loop").
-const MIN_QUERY_INTERVAL: Duration = Duration::from_millis(100);
-/// The longest pause between failed attempts of a watch.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The `wait` of blocking queries unless set with [`ConsulRegistry::with_wait`].
 pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
@@ -211,136 +206,6 @@ fn join_address(host: &str, port: u16) -> String {
     }
 }
 
-/// One entry of `/v1/health/service/<name>` (health API docs, "List Service Instances for
-/// Service"): `{Node, Service, Checks}`.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthEntry {
-    node: HealthNode,
-    service: InstanceService,
-    #[serde(default)]
-    checks: Option<Vec<HealthCheck>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthNode {
-    #[serde(default)]
-    address: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct InstanceService {
-    #[serde(rename = "ID")]
-    id: String,
-    service: String,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    port: u16,
-    #[serde(default)]
-    meta: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthCheck {
-    #[serde(default)]
-    status: String,
-}
-
-/// The micro record of one health entry; `None` when a check is critical (go-micro dropped
-/// those on the client side too).
-fn record_of(entry: HealthEntry) -> Option<Service> {
-    let checks = entry.checks.unwrap_or_default();
-    if checks.iter().any(|c| c.status == "critical") {
-        return None;
-    }
-    let svc = entry.service;
-    let tags = svc.tags.unwrap_or_default();
-    let tagged = tags
-        .iter()
-        .find_map(|t| t.strip_prefix(RECORD_TAG_PREFIX))
-        .and_then(|json| match serde_json::from_str::<Service>(json) {
-            Ok(record) => Some(record),
-            Err(e) => {
-                tracing::warn!(instance = %svc.id, "consul: unreadable micro record tag, rebuilding from the registration: {e}");
-                None
-            }
-        });
-    if let Some(mut record) = tagged
-        && record.nodes.len() == 1
-    {
-        record.name = svc.service;
-        record.nodes[0].id = svc.id;
-        return Some(record);
-    }
-    // Empty Service.Address means "use the node's address" (health API docs).
-    let host = if svc.address.is_empty() {
-        entry.node.address
-    } else {
-        svc.address
-    };
-    let meta = svc.meta.unwrap_or_default();
-    Some(Service {
-        name: svc.service,
-        version: meta.get(VERSION_META).cloned().unwrap_or_default(),
-        nodes: vec![Node {
-            id: svc.id,
-            address: join_address(&host, svc.port),
-            metadata: BTreeMap::new(),
-        }],
-        ..Default::default()
-    })
-}
-
-async fn instances(
-    http: &ConsulHttp,
-    name: &str,
-    index: u64,
-    wait: Duration,
-) -> Result<(BTreeMap<String, Service>, u64)> {
-    let mut path = format!("/v1/health/service/{}?passing", encode_path(name));
-    let timeout = if index > 0 {
-        path.push_str(&format!("&index={index}&wait={}", go_duration(wait)));
-        Some(blocking_timeout(wait))
-    } else {
-        None
-    };
-    let reply = http.call(Method::GET, &path, None, timeout).await?;
-    let reply = http.ensure_ok(&Method::GET, &path, reply)?;
-    let entries: Vec<HealthEntry> = http.decode(&path, &reply)?;
-    let records = entries
-        .into_iter()
-        .filter(|e| e.service.service == name)
-        .filter_map(record_of)
-        .map(|r| (r.nodes[0].id.clone(), r))
-        .collect();
-    Ok((records, next_index(index, reply.index)))
-}
-
-async fn micro_names(http: &ConsulHttp, index: u64, wait: Duration) -> Result<(Vec<String>, u64)> {
-    let mut path = "/v1/catalog/services".to_string();
-    let timeout = if index > 0 {
-        path.push_str(&format!("?index={index}&wait={}", go_duration(wait)));
-        Some(blocking_timeout(wait))
-    } else {
-        None
-    };
-    let reply = http.call(Method::GET, &path, None, timeout).await?;
-    let reply = http.ensure_ok(&Method::GET, &path, reply)?;
-    let services: BTreeMap<String, Option<Vec<String>>> = http.decode(&path, &reply)?;
-    let names = services
-        .into_iter()
-        .filter(|(_, tags)| tags.iter().flatten().any(|t| t == MICRO_TAG))
-        .map(|(name, _)| name)
-        .collect();
-    Ok((names, next_index(index, reply.index)))
-}
-
 #[async_trait]
 impl Registry for ConsulRegistry {
     fn name(&self) -> &str {
@@ -407,165 +272,9 @@ impl Registry for ConsulRegistry {
     }
 }
 
-/// A watcher's events; dropping it aborts the task (and the tasks it spawned) feeding it.
-struct WatchStream {
-    receiver: mpsc::Receiver<Result<Event>>,
-    task: JoinHandle<()>,
-}
-
-impl Stream for WatchStream {
-    type Item = Result<Event>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.receiver.poll_recv(cx)
-    }
-}
-
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Paces a blocking-query loop: at most one query per [`MIN_QUERY_INTERVAL`], and exponential
-/// backoff after failures. The first failure of a streak is only logged (a cut connection, an
-/// agent restart); later ones are also reported to the watcher, which keeps going.
-struct Pace {
-    last: Option<Instant>,
-    failures: u32,
-}
-
-impl Pace {
-    fn new() -> Self {
-        Pace {
-            last: None,
-            failures: 0,
-        }
-    }
-
-    async fn before_query(&mut self) {
-        if let Some(last) = self.last {
-            tokio::time::sleep_until(last + MIN_QUERY_INTERVAL).await;
-        }
-        self.last = Some(Instant::now());
-    }
-
-    fn succeeded(&mut self) {
-        self.failures = 0;
-    }
-
-    /// Records a failure; returns whether to report it, after pausing.
-    async fn failed(&mut self, what: &str, error: &Error) -> bool {
-        self.failures += 1;
-        tracing::warn!(
-            failures = self.failures,
-            "consul watch of {what}: {error}; retrying"
-        );
-        let backoff = Duration::from_millis(250)
-            .saturating_mul(1 << self.failures.min(5))
-            .min(MAX_BACKOFF);
-        tokio::time::sleep(backoff).await;
-        self.failures > 1
-    }
-}
-
-/// Follows `/v1/health/service/<name>?passing` with blocking queries, sending one event per
-/// node that appeared, changed or went away. Ends when the watcher is dropped.
-async fn watch_service(
-    http: ConsulHttp,
-    wait: Duration,
-    name: String,
-    mut known: BTreeMap<String, Service>,
-    mut index: u64,
-    sender: mpsc::Sender<Result<Event>>,
-) {
-    let mut pace = Pace::new();
-    loop {
-        pace.before_query().await;
-        match instances(&http, &name, index, wait).await {
-            Ok((now, next)) => {
-                pace.succeeded();
-                for event in diff_nodes(&known, &now) {
-                    if sender.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                known = now;
-                index = next;
-            }
-            Err(error) => {
-                if pace.failed(&name, &error).await && sender.send(Err(error)).await.is_err() {
-                    return;
-                }
-                if sender.is_closed() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Follows `/v1/catalog/services` with blocking queries and runs a [`watch_service`] for every
-/// micro service seen: go-micro could not watch everything; this can.
-async fn watch_all(
-    http: ConsulHttp,
-    wait: Duration,
-    initial: Vec<(String, BTreeMap<String, Service>, u64)>,
-    mut index: u64,
-    sender: mpsc::Sender<Result<Event>>,
-) {
-    let mut watched = JoinSet::new();
-    let mut names = std::collections::BTreeSet::new();
-    for (name, known, service_index) in initial {
-        names.insert(name.clone());
-        let task = watch_service(
-            http.clone(),
-            wait,
-            name,
-            known,
-            service_index,
-            sender.clone(),
-        );
-        watched.spawn(task);
-    }
-    let mut pace = Pace::new();
-    loop {
-        pace.before_query().await;
-        match micro_names(&http, index, wait).await {
-            Ok((now, next)) => {
-                pace.succeeded();
-                for name in now {
-                    if names.insert(name.clone()) {
-                        // A service first seen now: every node it has is new to the watcher.
-                        let task = watch_service(
-                            http.clone(),
-                            wait,
-                            name,
-                            BTreeMap::new(),
-                            0,
-                            sender.clone(),
-                        );
-                        watched.spawn(task);
-                    }
-                }
-                index = next;
-            }
-            Err(error) => {
-                if pace.failed("all services", &error).await
-                    && sender.send(Err(error)).await.is_err()
-                {
-                    return;
-                }
-            }
-        }
-        if sender.is_closed() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::read::{HealthEntry, record_of};
     use super::*;
 
     fn service() -> Service {
