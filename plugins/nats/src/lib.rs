@@ -1,0 +1,3 @@
+//! # micro-nats
+//!
+//! NATS for micro (work in progress).

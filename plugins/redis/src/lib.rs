@@ -1,0 +1,3 @@
+//! # micro-redis
+//!
+//! Redis for micro (work in progress).
