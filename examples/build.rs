@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("greeter/v1/greeter.proto", "greeter_v1_descriptor.bin"),
         ("jobs/v1/jobs.proto", "jobs_descriptor.bin"),
         ("auth/v1/auth.proto", "auth_descriptor.bin"),
+        ("orders/v1/orders.proto", "orders_descriptor.bin"),
     ] {
         let files = protox::compile([proto], ["../proto"])?;
         std::fs::write(out.join(descriptor), files.encode_to_vec())?;

@@ -3,6 +3,11 @@
 //! {service, endpoint}, the same the services' `AuthLayer` makes, and the account goes on to the
 //! service in gRPC metadata. No valid token where one is needed: 401; an account the rules
 //! refuse: 403. An invalid token on a public endpoint goes through without an account.
+//!
+//! With `--auth-sessions` the Auth is a [`micro_core::auth::SessionAuth`] over the Store of
+//! `--store` (built by the catalog), the one the services keep their sessions in: a token of an
+//! ended session (a newer login or refresh, a logout) is refused here too, within the session
+//! check's cache time.
 
 use std::sync::Arc;
 

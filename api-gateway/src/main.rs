@@ -27,13 +27,23 @@ async fn run() -> micro_core::Result<()> {
     micro_etcd::install(&mut catalog);
     micro_consul::install(&mut catalog);
     micro_jwt::install(&mut catalog);
+    micro_nats::install(&mut catalog);
+    // The Store auth sessions are checked in (--auth-sessions --store redis).
+    micro_redis::install(&mut catalog);
     let registry: Arc<dyn micro_core::Registry> = catalog.registry(&options.service).await?;
     let registry_name = registry.name().to_string();
     let mut gateway = Gateway::new(options.clone(), registry);
     // `--auth` and `--auth-rules` come together (checked when the options load).
     if let (Some(auth), Some(path)) = (catalog.auth(&options.service).await?, &options.auth_rules) {
         let rules = Rules::watch_file(path, DEFAULT_POLL)?;
-        tracing::info!(auth = auth.name(), rules = %path.display(), "token checks on");
+        // With --auth-sessions the catalog wraps the plugin in a SessionAuth over --store, the
+        // Store the services keep their sessions in: old and logged-out tokens are refused here.
+        tracing::info!(
+            auth = auth.name(),
+            rules = %path.display(),
+            sessions = options.service.auth_sessions,
+            "token checks on"
+        );
         gateway = gateway.with_auth(GatewayAuth::new(auth, rules, options.auth_cookie.clone()));
     }
     let running = gateway.start().await?;

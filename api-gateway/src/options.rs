@@ -167,8 +167,9 @@ fn byte_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D
 }
 
 /// Service options the gateway does not use. They are still accepted (a `micro.toml` shared
-/// with services may set them) but `--help` does not offer them.
-const SERVICE_ONLY: [&str; 12] = [
+/// with services may set them) but `--help` does not offer them. (`store` and `store-address`
+/// are used: with `--auth-sessions`, sessions are checked in that Store.)
+const SERVICE_ONLY: [&str; 10] = [
     "server_name",
     "server_version",
     "server_address",
@@ -176,8 +177,6 @@ const SERVICE_ONLY: [&str; 12] = [
     "register_interval",
     "broker",
     "broker_address",
-    "store",
-    "store_address",
     "config",
     "config_address",
     "client_timeout",
@@ -298,13 +297,15 @@ mod tests {
         let help = command().render_help().to_string();
         assert!(help.contains("[default: memory]"), "{help}");
         assert!(!help.contains("[default: remote]"), "{help}");
-        for hidden in ["--server-name", "--register-ttl", "--broker ", "--store "] {
+        for hidden in ["--server-name", "--register-ttl", "--broker ", "--config "] {
             assert!(!help.contains(hidden), "{hidden} in\n{help}");
         }
         for shown in [
             "--registry-address",
             "--registry-listen",
             "--client-retries",
+            "--store ",
+            "--auth-sessions",
         ] {
             assert!(help.contains(shown), "{shown} missing from\n{help}");
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::options::Options;
-use crate::{Auth, Broker, Config, Error, Registry, Result, Store};
+use crate::{Auth, Broker, Config, Error, Events, Registry, Result, Store};
 
 /// The value of the `auth` option that chooses no Auth plugin (the default).
 pub const NO_AUTH: &str = "none";
@@ -27,7 +27,7 @@ pub const NO_AUTH: &str = "none";
 /// What a factory gets: the address option of its component (if set) and every option.
 #[derive(Clone, Debug)]
 pub struct PluginOptions {
-    /// `--registry-address` (or broker/store/config), `None` for the plugin's default.
+    /// `--registry-address` (or broker/store/config/events), `None` for the plugin's default.
     pub address: Option<String>,
     /// Every resolved option.
     pub options: Options,
@@ -42,6 +42,7 @@ pub struct Catalog {
     brokers: BTreeMap<String, Factory<dyn Broker>>,
     stores: BTreeMap<String, Factory<dyn Store>>,
     configs: BTreeMap<String, Factory<dyn Config>>,
+    events: BTreeMap<String, Factory<dyn Events>>,
     auths: BTreeMap<String, Factory<dyn Auth>>,
 }
 
@@ -52,6 +53,7 @@ impl std::fmt::Debug for Catalog {
             .field("brokers", &self.broker_names())
             .field("stores", &self.store_names())
             .field("configs", &self.config_names())
+            .field("events", &self.events_names())
             .field("auths", &self.auth_names())
             .finish()
     }
@@ -140,6 +142,17 @@ impl Catalog {
         config,
         config_address
     );
+    component!(
+        add_events,
+        events,
+        events_named,
+        events_names,
+        events,
+        Events,
+        "events",
+        events,
+        events_address
+    );
 
     /// Installs an Auth plugin under `name` (its factory gets no address: `address` is `None`).
     pub fn add_auth<F, Fut>(&mut self, name: &str, factory: F)
@@ -154,12 +167,40 @@ impl Catalog {
     /// Builds the Auth plugin the options name (`--auth`, `MICRO_AUTH`, key `auth`): `None`
     /// when it is [`NO_AUTH`] (the default) or empty, an error listing the installed plugins
     /// for an unknown name.
+    ///
+    /// With `auth-sessions` on, the plugin comes wrapped in a
+    /// [`SessionAuth`](crate::auth::SessionAuth) keeping sessions in the Store the options name
+    /// (`--store`, `--store-address`), table `auth-sessions-table` of database `micro`.
     pub async fn auth(&self, options: &Options) -> Result<Option<Arc<dyn Auth>>> {
         let name = options.auth.trim();
         if name.is_empty() || name == NO_AUTH {
+            if options.auth_sessions {
+                return Err(Error::Option(
+                    "option `auth-sessions` needs an Auth plugin whose tokens it follows: add `--auth jwt` (MICRO_AUTH=jwt)".into(),
+                ));
+            }
             return Ok(None);
         }
-        self.auth_named(name, options).await.map(Some)
+        let auth = self.auth_named(name, options).await?;
+        if !options.auth_sessions {
+            return Ok(Some(auth));
+        }
+        let namespace = crate::store::Namespace::new(
+            crate::store::DEFAULT_DATABASE,
+            options.auth_sessions_table.trim(),
+        );
+        namespace
+            .validate()
+            .map_err(|e| Error::Option(format!("option `auth-sessions-table`: {e}")))?;
+        let store = self.store(options).await?;
+        if store.name() == "memory" {
+            tracing::warn!(
+                "auth sessions are kept in the in-process `memory` store: other processes (a gateway, other nodes) cannot see them and refuse every token; use a shared --store"
+            );
+        }
+        tracing::info!(auth = name, store = store.name(), table = %namespace.table, "auth sessions on");
+        let sessions = crate::auth::SessionAuth::new(auth, store).with_namespace(namespace);
+        Ok(Some(Arc::new(sessions)))
     }
 
     /// Builds the Auth plugin `name`.
@@ -207,6 +248,62 @@ mod tests {
         async fn inspect(&self, _: &str) -> Result<Account> {
             Err(Error::invalid("token", "nobody inspects"))
         }
+    }
+
+    struct NoEvents;
+
+    #[async_trait::async_trait]
+    impl Events for NoEvents {
+        fn name(&self) -> &str {
+            "none-here"
+        }
+        async fn publish(
+            &self,
+            topic: &str,
+            _: bytes::Bytes,
+            _: BTreeMap<String, String>,
+        ) -> Result<crate::events::Event> {
+            Err(Error::invalid("topic", format!("{topic}: nothing is kept")))
+        }
+        async fn consume(
+            &self,
+            topic: &str,
+            _: crate::events::ConsumeOptions,
+        ) -> Result<crate::events::EventStream> {
+            Err(Error::invalid(
+                "topic",
+                format!("{topic}: nothing to consume"),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn events_slot_by_name_and_address() {
+        let mut catalog = Catalog::new();
+        let err = catalog
+            .events(&Options::default())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("unknown events plugin `memory`"),
+            "names the component and the default: {err}"
+        );
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let sink = seen.clone();
+        catalog.add_events("none-here", move |plugin: PluginOptions| {
+            *sink.lock().unwrap() = plugin.address;
+            async { Ok(Arc::new(NoEvents) as Arc<dyn Events>) }
+        });
+        let options = Options {
+            events: "none-here".into(),
+            events_address: Some("somewhere:1".into()),
+            ..Options::default()
+        };
+        assert_eq!(catalog.events(&options).await.unwrap().name(), "none-here");
+        assert_eq!(seen.lock().unwrap().as_deref(), Some("somewhere:1"));
+        assert_eq!(catalog.events_names(), ["none-here"]);
     }
 
     fn options(auth: &str) -> Options {

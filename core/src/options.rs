@@ -56,8 +56,19 @@ pub struct Options {
     pub config: String,
     /// Config address; the plugin's default when unset.
     pub config_address: Option<String>,
+    /// Events plugin.
+    pub events: String,
+    /// Events address; the plugin's default when unset.
+    pub events_address: Option<String>,
     /// Auth plugin; `none` (the default) for none.
     pub auth: String,
+    /// Keep sessions for the Auth plugin in the Store of `store`/`store-address`: a new login
+    /// or a refresh ends the account's older tokens, and a logout all of them
+    /// ([`SessionAuth`](crate::auth::SessionAuth)). Off by default.
+    #[serde(deserialize_with = "boolean")]
+    pub auth_sessions: bool,
+    /// The Store table (database `micro`) sessions are kept in.
+    pub auth_sessions_table: String,
     /// The TOML file read as the config-file layer.
     pub config_file: Option<PathBuf>,
     /// How long a stopping server waits for in-flight calls.
@@ -87,7 +98,11 @@ impl Default for Options {
             store_address: None,
             config: "memory".into(),
             config_address: None,
+            events: "memory".into(),
+            events_address: None,
             auth: crate::catalog::NO_AUTH.into(),
+            auth_sessions: false,
+            auth_sessions_table: crate::auth::DEFAULT_SESSIONS_TABLE.into(),
             config_file: None,
             shutdown_timeout: Duration::from_secs(30),
             client_timeout: Duration::from_secs(30),
@@ -142,9 +157,22 @@ pub struct ServiceFlags {
     /// Config address [default: the plugin's]
     #[arg(long, env = "MICRO_CONFIG_ADDRESS", value_name = "ADDRESS")]
     pub config_address: Option<String>,
+    /// Events plugin [default: memory]
+    #[arg(long, env = "MICRO_EVENTS", value_name = "PLUGIN")]
+    pub events: Option<String>,
+    /// Events address [default: the plugin's]
+    #[arg(long, env = "MICRO_EVENTS_ADDRESS", value_name = "ADDRESS")]
+    pub events_address: Option<String>,
     /// Auth plugin, or none [default: none]
     #[arg(long, env = "MICRO_AUTH", value_name = "PLUGIN")]
     pub auth: Option<String>,
+    /// Keep auth sessions in the Store of --store: a new login or refresh ends older tokens,
+    /// logout all [default: false]
+    #[arg(long, env = "MICRO_AUTH_SESSIONS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_sessions: Option<String>,
+    /// The Store table auth sessions are kept in (database micro) [default: sessions]
+    #[arg(long, env = "MICRO_AUTH_SESSIONS_TABLE", value_name = "TABLE")]
+    pub auth_sessions_table: Option<String>,
     /// TOML config file [default: ./micro.toml if present]
     #[arg(long, env = "MICRO_CONFIG_FILE", value_name = "PATH")]
     pub config_file: Option<String>,
@@ -476,6 +504,19 @@ mod tests {
         assert_eq!(opts.registry, "remote");
         assert_eq!(opts.register_ttl, Duration::from_secs(30));
         assert_eq!(opts.auth, "none");
+        assert_eq!(
+            (opts.events.as_str(), opts.events_address),
+            ("memory", None)
+        );
+        let opts = load(
+            Options::builder(),
+            &["--events", "nats", "--events-address", "127.0.0.1:4222"],
+        )
+        .unwrap();
+        assert_eq!(
+            (opts.events.as_str(), opts.events_address.as_deref()),
+            ("nats", Some("127.0.0.1:4222"))
+        );
         assert_eq!(
             load(Options::builder(), &["--auth", "jwt"]).unwrap().auth,
             "jwt"

@@ -9,7 +9,9 @@
 //! - `quickstart`: server and client in one process, prints the reply;
 //! - `config-watch`: the greeter with its greeting read live from the Config component;
 //! - `jobs-producer`, `jobs-worker`: email jobs through the broker, workers sharing one queue;
-//! - `auth`: Login and Refresh for JWT pairs, and a greeter whose SayHello needs a scope.
+//! - `auth`: Login and Refresh for JWT pairs, and a greeter whose SayHello needs a scope;
+//! - `orders-producer`, `orders-consumer`: an order stream through the Events component,
+//!   consumer groups that resume where they left off, and replay from the start.
 
 use std::time::Duration;
 
@@ -53,6 +55,18 @@ pub mod jobs {
     pub const EMAIL_TOPIC: &str = "jobs.email";
     /// The queue the email workers share.
     pub const EMAIL_WORKERS: &str = "email-workers";
+}
+
+/// Generated code of `proto/orders/v1/orders.proto`.
+pub mod orders {
+    /// Package `orders.v1`.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("orders.v1");
+    }
+
+    /// The topic placed orders are published on.
+    pub const PLACED_TOPIC: &str = "orders.placed";
 }
 
 use greeter::v1::{HelloReply, HelloRequest};
@@ -100,6 +114,8 @@ pub fn catalog() -> Catalog {
     micro_consul::install(&mut catalog);
     micro_rabbitmq::install(&mut catalog);
     micro_jwt::install(&mut catalog);
+    micro_nats::install(&mut catalog);
+    micro_redis::install(&mut catalog);
     catalog
 }
 

@@ -244,9 +244,10 @@ fn the_gateway_alone_refuses_for_a_service_without_auth() {
             && call(http, "/greeter/Greeter/SayHello", hello, None).status == 401
     });
     let token = |user: &str, password: &str| {
-        login(http, user, password).json()["accessToken"]
+        let reply = login(http, user, password);
+        reply.json()["accessToken"]
             .as_str()
-            .expect("accessToken")
+            .unwrap_or_else(|| panic!("login of {user}: {} {}", reply.status, reply.body))
             .to_string()
     };
     let (alice, bob) = (token("alice", "wonderland"), token("bob", "builder"));

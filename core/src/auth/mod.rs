@@ -17,14 +17,21 @@
 //!   401/403 (HTTP).
 //! - The plugin is chosen by name like the others: `--auth jwt`, `MICRO_AUTH`, key `auth` in
 //!   `micro.toml` (default `none`), built by [`Catalog::auth`](crate::Catalog::auth).
+//! - [`SessionAuth`]: one live token pair per account, kept in a Store, over any plugin: a new
+//!   login or a refresh ends the older tokens, [`Auth::revoke`] (a logout) all of them
+//!   (`--auth-sessions`).
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod decision;
 mod rules;
+mod sessions;
 
 pub use decision::{Credentials, TokenSource, authorize};
 pub use rules::{DEFAULT_POLL, Rules};
+pub use sessions::{
+    DEFAULT_CHECK_CACHE, DEFAULT_SESSION_TTL, DEFAULT_SESSIONS_TABLE, SESSION_METADATA, SessionAuth,
+};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,7 +39,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Who is calling.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +277,23 @@ pub trait Auth: Send + Sync + 'static {
     /// The account of a valid access token; an error for anything else (expired, forged, a
     /// refresh token).
     async fn inspect(&self, access_token: &str) -> Result<Account>;
+    /// How long refresh tokens live when the [`TokenOptions`] do not say, if the plugin has
+    /// such a default: [`SessionAuth`] keeps its session records that long. `None` by default.
+    fn default_refresh_ttl(&self) -> Option<Duration> {
+        None
+    }
+    /// Ends every session of `account_id` (a logout): its tokens issued so far are refused
+    /// from then on. Only an Auth that keeps sessions can ([`SessionAuth`], `--auth-sessions`);
+    /// the default answers an error saying so.
+    async fn revoke(&self, account_id: &str) -> Result<()> {
+        Err(Error::invalid(
+            "revoke",
+            format!(
+                "the `{}` auth keeps no sessions, so account `{account_id}`'s tokens cannot be revoked: turn sessions on (--auth-sessions, with a shared --store)",
+                self.name()
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]

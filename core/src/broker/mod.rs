@@ -14,6 +14,7 @@ mod topic;
 mod typed;
 
 pub use topic::{MAX_TOPIC_LEN, validate_topic};
+pub(crate) use typed::decode;
 pub use typed::{PROTOBUF, Reject, encode, is_rejection, typed};
 
 use std::collections::BTreeMap;

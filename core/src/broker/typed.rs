@@ -34,14 +34,22 @@ where
     Arc::new(move |message: Message| {
         let handler = handler.clone();
         Box::pin(async move {
-            match M::decode(message.body.clone()) {
+            match decode::<M>(message.body.clone()) {
                 Ok(decoded) => handler(decoded, message).await,
-                Err(e) => Err(Box::new(Reject(format!(
-                    "cannot decode a {}: {e}",
-                    std::any::type_name::<M>()
-                ))) as BoxError),
+                Err(reject) => Err(Box::new(reject) as BoxError),
             }
         })
+    })
+}
+
+/// `body` decoded as `M`, or a [`Reject`] naming the type (shared with
+/// [`events::typed`](crate::events::typed)).
+pub(crate) fn decode<M: prost::Message + Default>(body: bytes::Bytes) -> Result<M, Reject> {
+    M::decode(body).map_err(|e| {
+        Reject(format!(
+            "cannot decode a {}: {e}",
+            std::any::type_name::<M>()
+        ))
     })
 }
 

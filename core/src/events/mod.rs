@@ -19,6 +19,16 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dead_letter;
+mod group;
+mod typed;
+
+pub use crate::broker::{Reject, is_rejection};
+pub use dead_letter::{
+    DELIVERIES, ORIGINAL_ID, ORIGINAL_SEQUENCE, dead_letter, dead_letter_metadata,
+};
+pub use group::validate_group;
+pub use typed::{Handler, handler, protobuf_metadata, typed};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -199,7 +209,8 @@ pub trait Events: Send + Sync + 'static {
         metadata: BTreeMap<String, String>,
     ) -> Result<Event>;
 
-    /// Starts a consumer of `topic`. Errors for an invalid topic or group name; an unreachable
+    /// Starts a consumer of `topic`. Errors for an invalid topic or group name (the rules of
+    /// [`validate_topic`](crate::broker::validate_topic) and [`validate_group`]); an unreachable
     /// backend is an error here or an `Err` item on the stream.
     async fn consume(&self, topic: &str, options: ConsumeOptions) -> Result<EventStream>;
 }

@@ -2,6 +2,7 @@
 //! health, registers itself with its endpoints, keeps the registration fresh, and on shutdown
 //! deregisters first, then drains in-flight calls.
 
+mod consumer;
 mod endpoints;
 mod registration;
 
@@ -25,6 +26,7 @@ use tower::Service;
 use tower::util::BoxCloneSyncService;
 
 use crate::broker::{Broker, Handler, SubscribeOptions, Subscription};
+use crate::events::{self, ConsumeOptions, Events};
 use crate::options::Options;
 use crate::registry::{Node, Registry};
 use crate::wrapper::{HandlerLayer, HandlerService, OnPath, Wrapper, apply};
@@ -46,6 +48,7 @@ pub struct Server {
     endpoint_wrappers: Vec<(String, Wrapper<HandlerService>)>,
     metadata: BTreeMap<String, String>,
     subscriptions: Vec<(Arc<dyn Broker>, String, SubscribeOptions, Handler)>,
+    consumers: Vec<consumer::Consumption>,
     shutdown: Option<ShutdownSignal>,
 }
 
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Server {
             .field("services", &self.names)
             .field("wrappers", &self.wrappers.len())
             .field("subscriptions", &self.subscriptions.len())
+            .field("consumers", &self.consumers.len())
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +80,7 @@ impl Server {
             endpoint_wrappers: Vec::new(),
             metadata: BTreeMap::new(),
             subscriptions: Vec::new(),
+            consumers: Vec::new(),
             shutdown: None,
         }
     }
@@ -135,6 +140,31 @@ impl Server {
     ) -> Self {
         self.subscriptions
             .push((broker.clone(), topic.to_string(), options, handler));
+        self
+    }
+
+    /// Consumes `topic` on `events` with `handler` while the server runs: started at start (a
+    /// bad topic or group, or a backend that cannot be reached, fails the start), stopped at stop
+    /// before in-flight calls drain, after the event being handled is settled.
+    ///
+    /// One event at a time, in order; consume again with the same group for more in parallel.
+    /// The handler's `Ok` acks the event, `Err` (or a panic) nacks it (delivered again, and
+    /// dead-lettered after `max_deliveries`); for prost messages wrap the handler with
+    /// [`events::typed`], whose [`Reject`](crate::events::Reject) of a payload that does not
+    /// decode dead-letters it at once.
+    pub fn consume(
+        mut self,
+        events: &Arc<dyn Events>,
+        topic: &str,
+        options: ConsumeOptions,
+        handler: events::Handler,
+    ) -> Self {
+        self.consumers.push(consumer::Consumption {
+            events: events.clone(),
+            topic: topic.to_string(),
+            options,
+            handler,
+        });
         self
     }
 
@@ -202,6 +232,10 @@ impl Server {
             subscriptions.push(broker.subscribe(&topic, handler, options.clone()).await?);
             tracing::info!(%topic, queue = ?options.queue, broker = broker.name(), "subscribed");
         }
+        let mut consumers = Vec::with_capacity(self.consumers.len());
+        for consumption in std::mem::take(&mut self.consumers) {
+            consumers.push(consumption.start().await?);
+        }
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         for name in &self.names {
@@ -245,6 +279,7 @@ impl Server {
         tracing::info!(service = %service.name, node = %service.nodes[0].id, address = %advertised, registry = self.registry.name(), "server started");
         Ok(RunningServer {
             subscriptions,
+            consumers,
             service,
             address: advertised,
             options: self.options,
@@ -382,6 +417,7 @@ impl std::fmt::Debug for RunningServer {
 /// A started server.
 pub struct RunningServer {
     subscriptions: Vec<Box<dyn Subscription>>,
+    consumers: Vec<consumer::RunningConsumer>,
     service: crate::registry::Service,
     address: SocketAddr,
     options: Options,
@@ -428,6 +464,9 @@ impl RunningServer {
             if let Err(e) = subscription.unsubscribe().await {
                 tracing::warn!(%topic, error = %e, "unsubscribe failed");
             }
+        }
+        for consumer in self.consumers {
+            consumer.stop(self.options.shutdown_timeout).await;
         }
         for name in &self.names {
             self.health

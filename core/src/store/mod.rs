@@ -3,8 +3,11 @@
 //! Reads by exact key, or by prefix and/or suffix with limit and offset, in key order. An expired
 //! record is never returned: [`Record::expiry`] on a read is the time it has left.
 
+pub mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+pub use cache::{Cache, CacheStats, Eviction};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,9 +1,14 @@
 //! Accounts and a protected greeter: `Accounts.Login(username, password)` answers an access and
 //! a refresh token (passwords are kept as argon2 hashes), `Accounts.Refresh(refresh_token)` a
-//! new pair, and `Greeter.SayHello` needs the scope `greeter`. The Auth plugin is chosen by name
-//! (`--auth`, default `jwt` here, whose keys come from `MICRO_AUTH_JWT_*`: see
-//! plugins/jwt/README.md); rules from `--rules <file>` (`examples/auth/rules.toml`), reloaded when
-//! the file changes. Demo accounts: alice/wonderland (scope `greeter`), bob/builder (no scope).
+//! new pair, `Accounts.Logout` ends the caller's session, and `Greeter.SayHello` needs the scope
+//! `greeter`. The Auth plugin is chosen by name (`--auth`, default `jwt` here, whose keys come
+//! from `MICRO_AUTH_JWT_*`: see plugins/jwt/README.md); rules from `--rules <file>`
+//! (`examples/auth/rules.toml`), reloaded when the file changes. Demo accounts:
+//! alice/wonderland (scope `greeter`), bob/builder (no scope).
+//!
+//! With `--auth-sessions` the tokens are kept to one live pair per account in the Store of
+//! `--store` (shared with the gateway, e.g. `--store redis`): a new login or a refresh ends the
+//! older pair, and Logout all of them. Without it, Logout answers FAILED_PRECONDITION.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -12,12 +17,15 @@ use std::sync::Arc;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use clap::Parser;
+use micro_core::Error;
 use micro_core::auth::{Account, DEFAULT_POLL, Rules, TokenOptions};
 use micro_core::options::{Options, ServiceFlags};
 use micro_core::wrapper::auth::AuthLayer;
 use micro_core::{Auth, Server};
 use micro_examples::auth::v1::accounts_server::{Accounts, AccountsServer};
-use micro_examples::auth::v1::{LoginRequest, RefreshRequest, TokenPair};
+use micro_examples::auth::v1::{
+    LoginRequest, LogoutReply, LogoutRequest, RefreshRequest, TokenPair,
+};
 use micro_examples::greeter::v1::greeter_server::GreeterServer;
 use micro_examples::{Greeter, auth, catalog, greeter};
 use tonic::{Request, Response, Status};
@@ -25,7 +33,7 @@ use tonic::{Request, Response, Status};
 #[derive(Parser)]
 #[command(
     name = "auth",
-    about = "Login/Refresh for JWT pairs, and a greeter that needs a scope"
+    about = "Login/Refresh/Logout for JWT pairs, and a greeter that needs a scope"
 )]
 struct Cli {
     #[command(flatten)]
@@ -117,6 +125,25 @@ impl Accounts for AccountService {
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         Ok(Response::new(pair(token)))
     }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutReply>, Status> {
+        // The AuthLayer hands the verified account of the caller's token to the handler.
+        let account = request
+            .extensions()
+            .get::<Account>()
+            .ok_or_else(|| Status::unauthenticated("logout needs a valid access token"))?;
+        self.auth.revoke(&account.id).await.map_err(|e| match e {
+            Error::Invalid { .. } => Status::failed_precondition(e.to_string()),
+            other => Status::unavailable(other.to_string()),
+        })?;
+        tracing::info!(account = %account.id, "logged out");
+        Ok(Response::new(LogoutReply {
+            account: account.id.clone(),
+        }))
+    }
 }
 
 #[tokio::main]
@@ -127,6 +154,7 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // `jwt` unless the file, the environment (MICRO_AUTH) or --auth names another.
     let (options, cli) = Options::new("auth").set("auth", "jwt").load_with::<Cli>()?;
+    // Sessions (--auth-sessions) are kept in the Store of --store; Redis in production.
     let catalog = catalog();
     let registry = catalog.registry(&options).await?;
     let auth: Arc<dyn Auth> = catalog.auth(&options).await?.ok_or(
@@ -145,10 +173,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
     println!(
-        "auth: service {} listening on {} (auth {}, rules {})",
+        "auth: service {} listening on {} (auth {}{}, rules {})",
         options.server_name,
         running.address(),
         options.auth,
+        if options.auth_sessions {
+            format!(", sessions in the {} store", options.store)
+        } else {
+            String::new()
+        },
         cli.rules.display()
     );
     Ok(running.stop_on_signal().await?)

@@ -442,6 +442,10 @@ impl Auth for JwtAuth {
     async fn inspect(&self, access_token: &str) -> Result<Account> {
         self.check(access_token, ACCESS)
     }
+
+    fn default_refresh_ttl(&self) -> Option<Duration> {
+        Some(self.refresh_ttl)
+    }
 }
 
 /// A short reason for a jsonwebtoken error.

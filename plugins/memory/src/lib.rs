@@ -1,7 +1,8 @@
 //! # micro-memory
 //!
 //! In-process [`Registry`](micro_core::Registry), [`Broker`](micro_core::Broker),
-//! [`Store`](micro_core::Store) and [`Config`](micro_core::Config) for micro: no server, nothing
+//! [`Store`](micro_core::Store), [`Config`](micro_core::Config) and
+//! [`Events`](micro_core::Events) for micro: no server, nothing
 //! persisted, everything gone when the process exits. The default for tests and single-process
 //! setups; the gateway serves its memory registry to other processes over gRPC.
 //!
@@ -18,11 +19,13 @@
 
 mod broker;
 mod config;
+mod events;
 mod registry;
 mod store;
 
 pub use broker::{MAX_ATTEMPTS, MemoryBroker};
 pub use config::MemoryConfig;
+pub use events::MemoryEvents;
 pub use registry::MemoryRegistry;
 pub use store::MemoryStore;
 
@@ -33,7 +36,7 @@ use micro_core::catalog::Catalog;
 /// The name these plugins are installed under.
 pub const NAME: &str = "memory";
 
-/// Installs the memory Registry, Broker, Store and Config under the name `memory`.
+/// Installs the memory Registry, Broker, Store, Config and Events under the name `memory`.
 ///
 /// Each lookup through the catalog creates a fresh in-process instance.
 pub fn install(catalog: &mut Catalog) {
@@ -41,4 +44,5 @@ pub fn install(catalog: &mut Catalog) {
     catalog.add_broker(NAME, |_| async { Ok(Arc::new(MemoryBroker::new()) as _) });
     catalog.add_store(NAME, |_| async { Ok(Arc::new(MemoryStore::new()) as _) });
     catalog.add_config(NAME, |_| async { Ok(Arc::new(MemoryConfig::new()) as _) });
+    catalog.add_events(NAME, |_| async { Ok(Arc::new(MemoryEvents::new()) as _) });
 }

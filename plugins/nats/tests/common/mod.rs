@@ -1,0 +1,206 @@
+//! What the micro-nats tests share: the address of the NATS under test, a private server for
+//! restart tests, and wrappers that delete the buckets and streams a test made when dropped.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use micro_core::Result;
+use micro_core::config::{Config, ConfigWatcher};
+use micro_core::registry::{Registry, Service, Watcher};
+use micro_core::store::{Namespace, Query, Record, Store};
+use serde_json::Value;
+
+/// The NATS under test: `MICRO_NATS_ADDRESS`, else the one `scripts/setup` starts.
+pub fn address() -> String {
+    std::env::var("MICRO_NATS_ADDRESS").unwrap_or_else(|_| micro_nats::DEFAULT_ADDRESS.into())
+}
+
+/// Deletes every JetStream stream whose name starts with `prefix` (a test's buckets are the
+/// streams `KV_<bucket>`), on a thread of its own, so it works from `Drop` in any runtime. Skipped
+/// while panicking: a failed test keeps its buckets for a look (their names are unique).
+pub fn delete_streams(address: &str, prefix: &str) {
+    if std::thread::panicking() {
+        return;
+    }
+    let (address, prefix) = (address.to_string(), prefix.to_string());
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for clean-up");
+        runtime.block_on(async move {
+            use futures::StreamExt;
+            let client = async_nats::connect(address.as_str())
+                .await
+                .expect("connect for clean-up");
+            let jetstream = async_nats::jetstream::new(client);
+            let names: Vec<String> = jetstream
+                .stream_names()
+                .filter_map(|name| async move { name.ok() })
+                .filter(|name| std::future::ready(name.starts_with(&prefix)))
+                .collect()
+                .await;
+            for name in names {
+                jetstream
+                    .delete_stream(&name)
+                    .await
+                    .unwrap_or_else(|e| panic!("delete stream {name}: {e}"));
+            }
+        });
+    });
+    cleanup.join().expect("clean-up thread");
+}
+
+/// Subscribes `client` to `subject` and returns once the server has the subscription: a
+/// message to a fresh inbox, sent after the subscription on the same connection, has come back.
+/// (A flush only writes to the socket; another connection's publish could still overtake it.)
+pub async fn subscribe_synced(
+    client: &async_nats::Client,
+    subject: String,
+) -> async_nats::Subscriber {
+    use futures::StreamExt;
+    let subscriber = client.subscribe(subject).await.expect("subscribe");
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .expect("subscribe the echo");
+    client
+        .publish(inbox, "".into())
+        .await
+        .expect("publish the echo");
+    tokio::time::timeout(micro_core::conformance::PROMPT, echo.next())
+        .await
+        .expect("the echo within PROMPT")
+        .expect("the echo");
+    subscriber
+}
+
+/// Whether a stream named `name` exists.
+pub async fn stream_exists(address: &str, name: &str) -> bool {
+    let client = async_nats::connect(address).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .get_stream(name)
+        .await
+        .is_ok()
+}
+
+/// A plugin value that deletes the streams starting with `prefix` when dropped.
+pub struct Cleaned<T> {
+    pub inner: T,
+    address: String,
+    prefix: String,
+}
+
+impl<T> Cleaned<T> {
+    /// `inner`, whose streams all start with `prefix`.
+    pub fn new(inner: T, prefix: impl Into<String>) -> Self {
+        Cleaned {
+            inner,
+            address: address(),
+            prefix: prefix.into(),
+        }
+    }
+}
+
+impl<T> Drop for Cleaned<T> {
+    fn drop(&mut self) {
+        delete_streams(&self.address, &self.prefix);
+    }
+}
+
+#[async_trait]
+impl<T: Registry> Registry for Cleaned<T> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn register(&self, service: &Service, ttl: Duration) -> Result<()> {
+        self.inner.register(service, ttl).await
+    }
+    async fn deregister(&self, service: &Service) -> Result<()> {
+        self.inner.deregister(service).await
+    }
+    async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
+        self.inner.get_service(name).await
+    }
+    async fn list_services(&self) -> Result<Vec<Service>> {
+        self.inner.list_services().await
+    }
+    async fn watch(&self, service: Option<&str>) -> Result<Watcher> {
+        self.inner.watch(service).await
+    }
+}
+
+#[async_trait]
+impl<T: Store> Store for Cleaned<T> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn read(&self, key: &str, query: &Query) -> Result<Vec<Record>> {
+        self.inner.read(key, query).await
+    }
+    async fn write(&self, record: Record, namespace: &Namespace) -> Result<()> {
+        self.inner.write(record, namespace).await
+    }
+    async fn delete(&self, key: &str, namespace: &Namespace) -> Result<()> {
+        self.inner.delete(key, namespace).await
+    }
+    async fn list(&self, prefix: &str, query: &Query) -> Result<Vec<String>> {
+        self.inner.list(prefix, query).await
+    }
+}
+
+#[async_trait]
+impl<T: Config> Config for Cleaned<T> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn get(&self, path: &str) -> Result<Option<Value>> {
+        self.inner.get(path).await
+    }
+    async fn set(&self, path: &str, value: Value) -> Result<()> {
+        self.inner.set(path, value).await
+    }
+    async fn delete(&self, path: &str) -> Result<()> {
+        self.inner.delete(path).await
+    }
+    async fn watch(&self, path: &str) -> Result<ConfigWatcher> {
+        self.inner.watch(path).await
+    }
+}
+
+/// A bucket name no other test run uses.
+pub fn unique_bucket(what: &str) -> String {
+    micro_core::conformance::unique(&format!("test-{what}"))
+}
+
+/// A registry in the bucket `bucket`, deleted when dropped (a second handle on the same bucket
+/// deletes it too: the first to go wins, the others find nothing).
+pub async fn registry(bucket: &str) -> Arc<Cleaned<micro_nats::NatsRegistry>> {
+    let registry = micro_nats::NatsRegistry::connect_with_bucket(&address(), bucket)
+        .await
+        .expect("nats registry (run scripts/setup)");
+    Arc::new(Cleaned::new(registry, format!("KV_{bucket}")))
+}
+
+/// A store whose buckets start with `prefix`, deleted when dropped.
+pub async fn store(prefix: &str) -> Arc<Cleaned<micro_nats::NatsStore>> {
+    let store = micro_nats::NatsStore::connect(&address())
+        .await
+        .expect("nats store (run scripts/setup)")
+        .with_bucket_prefix(prefix);
+    Arc::new(Cleaned::new(store, format!("KV_{prefix}")))
+}
+
+/// A config in a bucket of its own, deleted when dropped.
+pub async fn config(bucket: &str) -> Arc<Cleaned<micro_nats::NatsConfig>> {
+    let config = micro_nats::NatsConfig::connect_with_bucket(&address(), bucket)
+        .await
+        .expect("nats config (run scripts/setup)");
+    Arc::new(Cleaned::new(config, format!("KV_{bucket}")))
+}

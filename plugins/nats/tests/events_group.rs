@@ -1,0 +1,217 @@
+//! 10 000 events to a group of 3 consumers on JetStream, one of which is killed part-way
+//! (SIGKILL, in a child process) holding events it handled but never acknowledged: every
+//! published event is handled at least once, none is lost, and an event is handled twice only if
+//! the killed member held it.
+
+mod events_support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use events_support::doomed::{DoomedConsumer, Orders};
+use events_support::{Checker, id_of};
+use futures::StreamExt;
+use micro_core::Events;
+use micro_core::events::{ConsumeOptions, Offset};
+use micro_nats::NatsEvents;
+use micro_testkit::eventually;
+
+const EVENTS: u64 = 10_000;
+const PUBLISHERS: u64 = 8;
+/// Events the doomed member handles and acknowledges before it starts holding them.
+const DOOMED_HANDLES: usize = 500;
+/// Events it holds (handled, never acknowledged) when it is killed, at least.
+const DOOMED_HOLDS: usize = 40;
+const PREFETCH: usize = 16;
+/// Long enough that nothing the doomed member holds comes back before it is killed.
+const ACK_WAIT: Duration = Duration::from_secs(3);
+/// The child-process entry below.
+const DOOMED_ENTRY: &str = "doomed_consumer";
+
+/// Member 2 of the group, run by the test below as a child process it then kills.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a child process of ten_thousand_events_to_three_consumers_none_lost"]
+async fn doomed_consumer() {
+    events_support::doomed::child_main().await;
+}
+
+/// A member that handles (records) and acknowledges every event until aborted.
+async fn member(
+    events: NatsEvents,
+    topic: String,
+    options: ConsumeOptions,
+    checker: Checker,
+    member: usize,
+) -> tokio::task::JoinHandle<()> {
+    let mut stream = events.consume(&topic, options).await.expect("consume");
+    tokio::spawn(async move {
+        while let Some(delivery) = stream.next().await {
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(err) => {
+                    eprintln!("member {member}: {err}");
+                    continue;
+                }
+            };
+            let id = id_of(&delivery.event.payload).expect("an event with an id");
+            checker.consumed(id, member);
+            if let Err(err) = delivery.ack().await {
+                eprintln!("member {member}: ack {id}: {err}");
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_events_to_three_consumers_none_lost() {
+    let address = events_support::address();
+    let topic = events_support::TestTopic::new("group");
+    let topic = &topic.name;
+    let group = micro_core::conformance::unique("test-group");
+    let options = ConsumeOptions::group(&group)
+        .with_offset(Offset::Earliest)
+        .with_ack_wait(ACK_WAIT);
+    let publisher = events_support::events().await;
+    let checker = Checker::default();
+    let mut members = Vec::new();
+    for m in 0..2 {
+        let events = events_support::events().await.with_prefetch(PREFETCH);
+        members.push(member(events, topic.clone(), options.clone(), checker.clone(), m).await);
+    }
+    // Member 2 is a process of its own, so killing it is that consumer dying.
+    let orders = Orders {
+        address: address.clone(),
+        topic: topic.clone(),
+        group: group.clone(),
+        ack_wait: ACK_WAIT,
+        prefetch: PREFETCH,
+        handle_first: DOOMED_HANDLES,
+    };
+    let recorder = checker.clone();
+    let doomed = DoomedConsumer::spawn(DOOMED_ENTRY, &orders, move |id| recorder.consumed(id, 2));
+    eventually(Duration::from_secs(30), "member 2 consumes", || async {
+        doomed.seen().ready
+    })
+    .await;
+
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (publisher, topic, checker) = (publisher.clone(), topic.clone(), checker.clone());
+            tokio::spawn(async move {
+                for id in (p..EVENTS).step_by(PUBLISHERS as usize) {
+                    publisher
+                        .publish(&topic, Bytes::from(format!("id:{id}")), Default::default())
+                        .await
+                        .expect("publish");
+                    checker.confirmed(id);
+                }
+            })
+        })
+        .collect();
+
+    // Kill member 2 once it has done its share and holds events it will never acknowledge,
+    // while events are still flowing.
+    eventually(
+        Duration::from_secs(60),
+        "member 2 holds events it handled without acknowledging them",
+        || async { doomed.seen().held.len() >= DOOMED_HOLDS },
+    )
+    .await;
+    let published_at_kill = checker.confirmed_count();
+    let (died, status) = doomed.kill();
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "member 2 died of SIGKILL: {status}"
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = status;
+    assert_eq!(died.done.len(), DOOMED_HANDLES);
+    assert!(died.held.is_disjoint(&died.done));
+
+    for task in tasks {
+        task.await.expect("publisher task");
+    }
+    eventually(
+        Duration::from_secs(120),
+        "every published event handled",
+        || async { checker.settled() as u64 == EVENTS },
+    )
+    .await;
+    // Every event acknowledged, nothing pending: no redelivery can come after this.
+    let stream = async_nats::jetstream::new(publisher.client().clone())
+        .get_stream(NatsEvents::stream_name(topic))
+        .await
+        .expect("the topic's stream");
+    eventually(
+        Duration::from_secs(30),
+        "the group has every event acknowledged",
+        || async {
+            let info = stream
+                .consumer_info(NatsEvents::durable_name(&group))
+                .await
+                .expect("consumer info");
+            info.num_ack_pending == 0 && info.num_pending == 0
+        },
+    )
+    .await;
+    for member in &members {
+        member.abort();
+    }
+
+    let published: BTreeSet<u64> = (0..EVENTS).collect();
+    let lost = checker.lost();
+    let unexpected = checker.unexpected(&published);
+    let duplicates = checker.duplicates();
+    println!(
+        "events group: published {}, lost {}, unexpected {}, duplicates {} (held by the killed \
+         member: {}; killed after {} of {} were published); handled by members: {} / {} / {}",
+        checker.confirmed_count(),
+        lost.len(),
+        unexpected.len(),
+        duplicates.len(),
+        died.held.len(),
+        published_at_kill,
+        EVENTS,
+        checker.per_member(0),
+        checker.per_member(1),
+        checker.per_member(2),
+    );
+    assert_eq!(checker.confirmed_count() as u64, EVENTS);
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
+    for id in &died.held {
+        let survivors = checker
+            .members_of(*id)
+            .into_iter()
+            .filter(|m| *m != 2)
+            .count();
+        assert_eq!(
+            survivors, 1,
+            "event {id}, held unacknowledged by member 2 when it was killed, was handled by a \
+             survivor {survivors} times: want exactly once"
+        );
+    }
+    for id in &died.done {
+        assert_eq!(
+            checker.members_of(*id),
+            [2],
+            "event {id}, acknowledged by member 2, was delivered again"
+        );
+    }
+    for (id, members) in &duplicates {
+        assert!(
+            died.held.contains(id) && members.contains(&2),
+            "event {id} handled by {members:?}: a duplicate the killed member does not explain"
+        );
+    }
+    assert!(
+        checker.per_member(0) > 0 && checker.per_member(1) > 0,
+        "the survivors share the rest"
+    );
+}

@@ -1,0 +1,224 @@
+//! What the Events tests of micro-nats share: the server address, connections, clean-up, a
+//! checker of who consumed what, a NATS server of a test's own, and the doomed group member.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod doomed;
+pub mod server;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use micro_core::events::dead_letter_topic;
+use micro_nats::NatsEvents;
+
+/// Where the tests find NATS with JetStream: `MICRO_NATS_ADDRESS`, or the local default.
+pub fn address() -> String {
+    std::env::var("MICRO_NATS_ADDRESS").unwrap_or_else(|_| micro_nats::DEFAULT_ADDRESS.to_string())
+}
+
+/// A topic no other test (run) uses.
+pub fn topic(prefix: &str) -> String {
+    micro_core::conformance::unique(&format!("test.events.{prefix}"))
+}
+
+/// Events on the shared server, panicking with the reason when it is unreachable.
+pub async fn events() -> NatsEvents {
+    connect(&address()).await
+}
+
+/// Events on the server at `address`, panicking with the reason when it is unreachable.
+pub async fn connect(address: &str) -> NatsEvents {
+    match NatsEvents::connect(address).await {
+        Ok(events) => events,
+        Err(err) => panic!(
+            "connect to NATS at {address} (is it running with JetStream? `nats-server -js`): {err}"
+        ),
+    }
+}
+
+/// Deletes the streams of `topics` and of their dead-letter topics.
+pub async fn delete_topics(events: &NatsEvents, topics: &[&str]) {
+    for topic in topics {
+        events.delete_topic(topic).await.expect("delete topic");
+        events
+            .delete_topic(&dead_letter_topic(topic))
+            .await
+            .expect("delete dead-letter topic");
+    }
+}
+
+/// Deletes the streams of `topics` and of their dead-letter topics on the server at `address`,
+/// from a thread and runtime of its own: for `Drop`, which cannot await.
+pub fn delete_topics_blocking(address: &str, topics: Vec<String>) {
+    if topics.is_empty() {
+        return;
+    }
+    let address = address.to_string();
+    let deleting = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to clean up on");
+        runtime.block_on(async {
+            let events = connect(&address).await;
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            delete_topics(&events, &topics).await;
+        });
+    });
+    if deleting.join().is_err() && !std::thread::panicking() {
+        panic!("deleting the streams of the test's topics failed");
+    }
+}
+
+/// A topic no other test uses, whose streams (the topic's and its dead-letter topic's) are
+/// deleted when this is dropped, whether the test passed or panicked.
+pub struct TestTopic {
+    /// The topic.
+    pub name: String,
+    address: String,
+}
+
+impl TestTopic {
+    /// A new topic named after `prefix`, on the shared server.
+    pub fn new(prefix: &str) -> Self {
+        Self::on(&address(), prefix)
+    }
+
+    /// A new topic named after `prefix`, on the server at `address`.
+    pub fn on(address: &str, prefix: &str) -> Self {
+        TestTopic {
+            name: topic(prefix),
+            address: address.to_string(),
+        }
+    }
+}
+
+impl std::ops::Deref for TestTopic {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestTopic {
+    fn drop(&mut self) {
+        delete_topics_blocking(&self.address, vec![self.name.clone()]);
+    }
+}
+
+/// Whether JetStream has a stream of that name.
+pub async fn stream_exists(events: &NatsEvents, name: &str) -> bool {
+    async_nats::jetstream::new(events.client().clone())
+        .get_stream(name)
+        .await
+        .is_ok()
+}
+
+/// Counts like Jepsen's queue checker: ids confirmed to the publisher against what consumers
+/// handled, by member.
+#[derive(Clone, Default)]
+pub struct Checker {
+    confirmed: Arc<Mutex<BTreeSet<u64>>>,
+    /// Per id, the members that handled it (one entry per handling).
+    consumed: Arc<Mutex<HashMap<u64, Vec<usize>>>>,
+}
+
+impl Checker {
+    pub fn confirmed(&self, id: u64) {
+        self.confirmed.lock().expect("lock").insert(id);
+    }
+
+    pub fn consumed(&self, id: u64, member: usize) {
+        self.consumed
+            .lock()
+            .expect("lock")
+            .entry(id)
+            .or_default()
+            .push(member);
+    }
+
+    pub fn confirmed_count(&self) -> usize {
+        self.confirmed.lock().expect("lock").len()
+    }
+
+    /// How many confirmed ids have been handled at least once.
+    pub fn settled(&self) -> usize {
+        let consumed = self.consumed.lock().expect("lock");
+        self.confirmed
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|id| consumed.contains_key(id))
+            .count()
+    }
+
+    pub fn per_member(&self, member: usize) -> usize {
+        self.consumed
+            .lock()
+            .expect("lock")
+            .values()
+            .flatten()
+            .filter(|&&m| m == member)
+            .count()
+    }
+
+    pub fn members_of(&self, id: u64) -> Vec<usize> {
+        self.consumed
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Confirmed ids never handled.
+    pub fn lost(&self) -> Vec<u64> {
+        let consumed = self.consumed.lock().expect("lock");
+        self.confirmed
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|id| !consumed.contains_key(id))
+            .copied()
+            .collect()
+    }
+
+    /// Handled ids that are not in `published`.
+    pub fn unexpected(&self, published: &BTreeSet<u64>) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .consumed
+            .lock()
+            .expect("lock")
+            .keys()
+            .filter(|id| !published.contains(id))
+            .copied()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Ids handled more than once, with who handled them.
+    pub fn duplicates(&self) -> Vec<(u64, Vec<usize>)> {
+        let mut duplicates: Vec<_> = self
+            .consumed
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, members)| members.len() > 1)
+            .map(|(id, members)| (*id, members.clone()))
+            .collect();
+        duplicates.sort();
+        duplicates
+    }
+}
+
+/// The id a test event carries in its payload (`id:<n>`).
+pub fn id_of(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload)
+        .ok()?
+        .strip_prefix("id:")?
+        .parse()
+        .ok()
+}
