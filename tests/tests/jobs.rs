@@ -109,11 +109,21 @@ async fn typed_subscriber_gets_jobs_and_undecodable_messages_are_dead_lettered()
 
 #[test]
 fn two_workers_share_the_email_queue_on_rabbitmq() {
-    let batch = format!("batch{}", std::process::id());
+    two_workers_share_the_email_queue("rabbitmq");
+}
+
+/// The same example binaries, unchanged, on core NATS (queue groups are NATS queue groups).
+#[test]
+fn two_workers_share_the_email_queue_on_nats() {
+    two_workers_share_the_email_queue("nats");
+}
+
+fn two_workers_share_the_email_queue(broker: &str) {
+    let batch = format!("batch{}-{broker}", std::process::id());
     let worker = || {
         let mut process = Process::start(
             "jobs-worker",
-            &["--broker", "rabbitmq", "--registry", "memory"],
+            &["--broker", broker, "--registry", "memory"],
             &[],
             None,
         );
@@ -122,7 +132,7 @@ fn two_workers_share_the_email_queue_on_rabbitmq() {
     };
     let mut workers = [worker(), worker()];
     let output = std::process::Command::new(binary("jobs-producer"))
-        .args(["--broker", "rabbitmq", "--count", "200", "--batch", &batch])
+        .args(["--broker", broker, "--count", "200", "--batch", &batch])
         .output()
         .expect("run jobs-producer");
     assert!(
