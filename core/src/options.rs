@@ -5,6 +5,9 @@
 //! A default applies only where no layer set the option (go-micro let flag defaults override
 //! values set in code, #2444). A value that does not parse is an error naming the option, the
 //! layer it came from and the value.
+//!
+//! About 500 lines of code and 130 of tests: the flags, the resolved `Options` and the layering
+//! are one contract, read together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

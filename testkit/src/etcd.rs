@@ -1,10 +1,10 @@
 //! An etcd of a test's own, which the test may kill and start again.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::http::get;
+use crate::server::{PrivateServer, free_port};
 
 /// An etcd on free ports with its own data directory, killed and removed when dropped. Needs
 /// the `etcd` and `etcdctl` binaries (`scripts/setup` installs them).
@@ -12,9 +12,7 @@ use crate::http::get;
 pub struct PrivateEtcd {
     /// Its client address (`127.0.0.1:port`).
     pub address: String,
-    peer: String,
-    data: PathBuf,
-    process: Option<Child>,
+    server: PrivateServer,
 }
 
 impl PrivateEtcd {
@@ -25,64 +23,36 @@ impl PrivateEtcd {
 
     /// Starts etcd with its client on `127.0.0.1:<port>` and waits until it answers.
     pub fn start_on(port: &str) -> PrivateEtcd {
-        let data = std::env::temp_dir().join(format!(
-            "micro-test-etcd-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        let mut etcd = PrivateEtcd {
-            address: format!("127.0.0.1:{port}"),
-            peer: format!("127.0.0.1:{}", free_port()),
-            data,
-            process: None,
+        let port: u16 = port.parse().expect("a port");
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let command = move |port: u16, data: &std::path::Path| {
+            let client = format!("http://127.0.0.1:{port}");
+            let mut etcd = Command::new("etcd");
+            etcd.args(["--name", "test", "--data-dir"])
+                .arg(data)
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("test={peer}")]);
+            etcd
         };
-        etcd.resume();
-        etcd
+        let server =
+            PrivateServer::start_on(port, "etcd", Duration::from_secs(20), command, healthy);
+        PrivateEtcd {
+            address: format!("127.0.0.1:{port}"),
+            server,
+        }
     }
 
     /// Kills it (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.kill();
     }
 
     /// Starts it again on the same ports and data, and waits until it answers.
     pub fn resume(&mut self) {
-        let log = std::fs::File::create(self.data.with_extension("log")).expect("etcd log");
-        let client = format!("http://{}", self.address);
-        let peer = format!("http://{}", self.peer);
-        let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
-            .arg(&self.data)
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd (run scripts/setup to install it)");
-        self.process = Some(child);
-        let until = Instant::now() + Duration::from_secs(20);
-        while !self.healthy() {
-            assert!(
-                Instant::now() < until,
-                "private etcd on {} not healthy",
-                self.address
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn healthy(&self) -> bool {
-        let address = self.address.parse().expect("etcd address");
-        std::net::TcpStream::connect(address).is_ok() && {
-            let response = get(address, "/health");
-            response.status == 200 && response.body.contains("true")
-        }
+        self.server.restart();
     }
 
     /// Runs `etcdctl` against it, panicking when it fails.
@@ -99,17 +69,11 @@ impl PrivateEtcd {
     }
 }
 
-impl Drop for PrivateEtcd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.data);
-        let _ = std::fs::remove_file(self.data.with_extension("log"));
+/// Whether the etcd on `port` reports itself healthy.
+fn healthy(port: u16) -> bool {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect(address).is_ok() && {
+        let response = get(address, "/health");
+        response.status == 200 && response.body.contains("true")
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }

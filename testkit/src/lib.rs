@@ -22,17 +22,35 @@
 //! - fixtures: [`greeter`], [`jobs`], [`Greeter`], [`GreeterV2`], [`test_options`],
 //!   [`greeter_server`], [`start_greeter`], [`start_greeter_v2`];
 //! - deadlines: [`REGISTER_TTL`], [`REGISTER_INTERVAL`], [`SLACK`], [`EXPIRY`], [`PROPAGATION`];
-//! - waiting: [`eventually`] (async, the conformance suites' own), [`wait_until`] (blocking);
-//! - processes: [`binary`], [`Process`], [`GatewayProcess`], [`PrivateEtcd`];
-//! - HTTP: [`raw_http`], [`post`], [`get`], [`HttpResponse`].
+//! - waiting: [`eventually`] (async, the conformance suites' own), [`wait_until`] (blocking),
+//!   [`prompt_error`] and [`error_naming`] (an attempt that must fail, naming what it tried);
+//! - processes: [`binary`], [`Process`], [`GatewayProcess`], [`PrivateServer`] (any server
+//!   of a test's own, on a [`free_port`]), [`PrivateEtcd`];
+//! - HTTP: [`raw_http`], [`post`], [`get`], [`HttpResponse`];
+//! - plugin values: [`Wrapped`] (a registry, store or config with a hook on writes and one on
+//!   drop, for cleaning up);
+//! - brokers: [`collecting`] (a handler that keeps what it gets, in a [`Collected`]);
+//! - events: [`dead_letters`] (a topic's dead letters, from the earliest);
+//! - consumer groups: [`checker`] (a Jepsen-style queue checker and its publishers),
+//!   [`doomed`] (a consumer in a child process, killed with SIGKILL);
+//! - benches: [`bench`] (publishing rounds, latency percentiles, rates).
 
+pub mod bench;
+pub mod checker;
+mod collect;
+pub mod doomed;
 mod etcd;
+mod events;
 mod fixture;
 mod http;
 mod process;
+mod server;
 mod wait;
+mod wrapped;
 
+pub use collect::{Collected, collecting};
 pub use etcd::PrivateEtcd;
+pub use events::dead_letters;
 pub use fixture::{
     EXPIRY, Greeter, GreeterV2, PROPAGATION, REGISTER_INTERVAL, REGISTER_INTERVAL_ARG,
     REGISTER_TTL, REGISTER_TTL_ARG, SHORT_TTL_ARGS, SLACK, greeter_server, start_greeter,
@@ -40,7 +58,9 @@ pub use fixture::{
 };
 pub use http::{HttpResponse, get, post, raw_http};
 pub use process::{GatewayProcess, Process, binary};
-pub use wait::{eventually, wait_until};
+pub use server::{PrivateServer, accepts, free_port};
+pub use wait::{error_naming, eventually, prompt_error, wait_until};
+pub use wrapped::Wrapped;
 
 /// Generated code and descriptors of `proto/greeter/{v1,v2}/greeter.proto`.
 pub mod greeter {

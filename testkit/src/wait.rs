@@ -20,3 +20,35 @@ pub fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> boo
     }
     started.elapsed()
 }
+
+/// Awaits `attempt`, which must fail, and asserts its error names each of `names` (addresses,
+/// say); returns the error's text for further checks.
+pub async fn error_naming<T, E: std::fmt::Display>(
+    names: &[&str],
+    attempt: impl std::future::Future<Output = Result<T, E>>,
+) -> String {
+    let text = match attempt.await {
+        Ok(_) => panic!("expected an error naming {names:?}, got Ok"),
+        Err(err) => err.to_string(),
+    };
+    for name in names {
+        assert!(text.contains(name), "names {name}: {text}");
+    }
+    text
+}
+
+/// [`error_naming`], and the error comes within `within`: a prompt failure, not a hang.
+pub async fn prompt_error<T, E: std::fmt::Display>(
+    within: Duration,
+    names: &[&str],
+    attempt: impl std::future::Future<Output = Result<T, E>>,
+) -> String {
+    let started = Instant::now();
+    let text = error_naming(names, attempt).await;
+    assert!(
+        started.elapsed() < within,
+        "took {:?} (want < {within:?}): {text}",
+        started.elapsed()
+    );
+    text
+}

@@ -191,25 +191,18 @@ fn login_scopes_refresh_cookie_and_live_rules_through_the_gateway() {
 
 /// The gateway's rules for a plain greeter: logins public (on the `auth` example, which only
 /// issues the tokens here), `greeter`'s SayHello needs the scope `greeter`.
-const GATEWAY_RULES: &str = r#"
-[[rules]]
-id = "accounts"
-scope = ""
-access = "grant"
-resource = { kind = "service", name = "auth", endpoint = "Accounts.*" }
-
-[[rules]]
-id = "greet"
-scope = "greeter"
-access = "grant"
-resource = { kind = "service", name = "greeter", endpoint = "Greeter.SayHello" }
-"#;
+const GATEWAY_RULES: &str = r#"[
+  {"id": "accounts", "scope": "", "access": "grant",
+   "resource": {"kind": "service", "name": "auth", "endpoint": "Accounts.*"}},
+  {"id": "greet", "scope": "greeter", "access": "grant",
+   "resource": {"kind": "service", "name": "greeter", "endpoint": "Greeter.SayHello"}}
+]"#;
 
 #[test]
 fn the_gateway_alone_refuses_for_a_service_without_auth() {
     let dir = std::env::temp_dir().join(format!("micro-auth-gw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let rules = dir.join("rules.toml");
+    let rules = dir.join("rules.json");
     std::fs::write(&rules, GATEWAY_RULES).expect("rules");
     let rules_path = rules.to_str().expect("utf-8 path");
 
@@ -384,7 +377,7 @@ mod account_metadata {
         let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
         let (gateway, server) = runtime.block_on(async {
             let file = std::env::temp_dir()
-                .join(format!("micro-auth-metadata-{}.toml", std::process::id()));
+                .join(format!("micro-auth-metadata-{}.json", std::process::id()));
             std::fs::write(&file, super::GATEWAY_RULES).expect("rules");
             let rules = Rules::from_file(&file).expect("rules file");
             std::fs::remove_file(&file).expect("cleanup");

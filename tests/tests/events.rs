@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use micro_core::conformance::unique;
 use micro_core::events::{
-    ConsumeOptions, DELIVERIES, Event, EventStream, ORIGINAL_SEQUENCE, Offset, dead_letter_topic,
-    handler, typed,
+    ConsumeOptions, DELIVERIES, Event, EventStream, ORIGINAL_SEQUENCE, Offset, handler, typed,
 };
 use micro_core::{Events, Registry, Server};
 use micro_memory::{MemoryEvents, MemoryRegistry};
@@ -87,13 +86,7 @@ async fn server_consumer_acks_nacks_and_dead_letters_what_does_not_decode() {
         .await
         .expect("start");
 
-    let mut dead = events
-        .consume(
-            &dead_letter_topic(&topic),
-            ConsumeOptions::default().with_offset(Offset::Earliest),
-        )
-        .await
-        .expect("consume the dead letters");
+    let mut dead = micro_testkit::dead_letters(&*events, &topic).await;
     let letter = take(&mut dead, "the garbage's dead letter").await;
     assert_eq!(letter.event.payload.as_ref(), GARBAGE);
     assert_eq!(

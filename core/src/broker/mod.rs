@@ -10,11 +10,15 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod deliver;
+mod task;
 mod topic;
 mod typed;
 
+pub use deliver::{Failure, MAX_REASON_LEN, deliver};
+pub use task::TaskSubscription;
 pub use topic::{MAX_TOPIC_LEN, validate_topic};
-pub(crate) use typed::decode;
+pub(crate) use typed::decoding;
 pub use typed::{PROTOBUF, Reject, encode, is_rejection, typed};
 
 use std::collections::BTreeMap;

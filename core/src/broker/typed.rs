@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use super::{Broker, Handler, HandlerResult, Message};
 use crate::{BoxError, Result};
 
@@ -30,26 +32,37 @@ where
     F: Fn(M, Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
+    decoding(|message: &Message| message.body.clone(), handler)
+}
+
+/// A handler of `T` (a broker message, an event) that decodes `body(&item)` as `M` before
+/// calling `handler`; a body that does not decode is a [`Reject`] naming the type. What
+/// [`typed`] and [`events::typed`](crate::events::typed) build.
+pub(crate) fn decoding<T, M, F, Fut>(
+    body: fn(&T) -> bytes::Bytes,
+    handler: F,
+) -> Arc<dyn Fn(T) -> BoxFuture<'static, HandlerResult> + Send + Sync>
+where
+    T: Send + 'static,
+    M: prost::Message + Default + 'static,
+    F: Fn(M, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
     let handler = Arc::new(handler);
-    Arc::new(move |message: Message| {
+    Arc::new(move |item: T| {
         let handler = handler.clone();
+        let decoded = M::decode(body(&item)).map_err(|e| {
+            Reject(format!(
+                "cannot decode a {}: {e}",
+                std::any::type_name::<M>()
+            ))
+        });
         Box::pin(async move {
-            match decode::<M>(message.body.clone()) {
-                Ok(decoded) => handler(decoded, message).await,
+            match decoded {
+                Ok(decoded) => handler(decoded, item).await,
                 Err(reject) => Err(Box::new(reject) as BoxError),
             }
         })
-    })
-}
-
-/// `body` decoded as `M`, or a [`Reject`] naming the type (shared with
-/// [`events::typed`](crate::events::typed)).
-pub(crate) fn decode<M: prost::Message + Default>(body: bytes::Bytes) -> Result<M, Reject> {
-    M::decode(body).map_err(|e| {
-        Reject(format!(
-            "cannot decode a {}: {e}",
-            std::any::type_name::<M>()
-        ))
     })
 }
 

@@ -6,12 +6,14 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod leaves;
 mod path;
 mod tree;
 mod watch;
 
+pub use leaves::LeafTree;
 pub use path::{delete_path, get_path, set_path, split_path};
-pub use tree::{assemble, flatten};
+pub use tree::{assemble, flatten, set_leaves};
 pub use watch::WatchHub;
 
 use async_trait::async_trait;

@@ -8,6 +8,30 @@
 use serde_json::{Map, Value};
 
 use super::set_path;
+use crate::{Error, Result};
+
+/// The leaves `Config::set(path, value)` writes at `at` (the segments of `path`), as [`flatten`]
+/// cuts them. Refuses what a key-per-leaf backend cannot hold: a root that is not an object, an
+/// empty object key.
+pub fn set_leaves(path: &str, at: &[&str], value: Value) -> Result<Vec<(Vec<String>, Value)>> {
+    if at.is_empty() && !value.is_object() {
+        return Err(Error::invalid(
+            "config value",
+            "the root of the tree must be an object",
+        ));
+    }
+    let leaves = flatten(at, value);
+    if leaves
+        .iter()
+        .any(|(leaf, _)| leaf.iter().any(String::is_empty))
+    {
+        return Err(Error::invalid(
+            "config value",
+            format!("an object key under `{path}` is empty"),
+        ));
+    }
+    Ok(leaves)
+}
 
 /// The leaves of `value` placed at `at`: one `(segments, leaf)` per scalar, array, `null` or
 /// empty object, in object key order. An empty object at `at` itself is a leaf, except at the

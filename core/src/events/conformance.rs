@@ -3,6 +3,9 @@
 //! Run it with [`events_conformance!`](crate::events_conformance). Topics and groups are unique
 //! per case, so cases can share one real backend. Cases that wait for a redelivery use
 //! [`ACK_WAIT`], and their deadlines are derived from it.
+//!
+//! Just over 600 lines: one file because the macro lists every case and the cases share their
+//! fixtures; a case is a function a reader finds by the name the macro gives it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! What a consumer group may be called: the same names on every events backend.
 
-use crate::broker::MAX_TOPIC_LEN;
+use super::ConsumeOptions;
+use crate::broker::{MAX_TOPIC_LEN, validate_topic};
 use crate::{Error, Result};
 
 /// Checks that `group` is a consumer group name every backend takes alike: an error naming the
@@ -22,6 +23,13 @@ pub fn validate_group(group: &str) -> Result<()> {
         return refuse(&format!("has whitespace or a control character ({c:?})"));
     }
     Ok(())
+}
+
+/// Checks what `consume` is given: the topic ([`validate_topic`]) and the group, if any
+/// ([`validate_group`]). Events backends call it first in `consume`.
+pub fn validate_consume(topic: &str, options: &ConsumeOptions) -> Result<()> {
+    validate_topic(topic)?;
+    options.group.as_deref().map_or(Ok(()), validate_group)
 }
 
 #[cfg(test)]

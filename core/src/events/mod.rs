@@ -27,7 +27,7 @@ pub use crate::broker::{Reject, is_rejection};
 pub use dead_letter::{
     DELIVERIES, ORIGINAL_ID, ORIGINAL_SEQUENCE, dead_letter, dead_letter_metadata,
 };
-pub use group::validate_group;
+pub use group::{validate_consume, validate_group};
 pub use typed::{Handler, handler, protobuf_metadata, typed};
 
 use std::collections::BTreeMap;
@@ -49,6 +49,9 @@ pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}{DEAD_LETTER_SUFFIX}")
 }
 
+/// An event's free-form string metadata.
+pub type Metadata = BTreeMap<String, String>;
+
 /// One stored event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -61,7 +64,7 @@ pub struct Event {
     /// When it was published.
     pub timestamp: SystemTime,
     /// Free-form string metadata.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     /// The payload.
     pub payload: Bytes,
 }
@@ -202,12 +205,7 @@ pub trait Events: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Appends an event to `topic` and returns it as stored (id, sequence, timestamp).
-    async fn publish(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        metadata: BTreeMap<String, String>,
-    ) -> Result<Event>;
+    async fn publish(&self, topic: &str, payload: Bytes, metadata: Metadata) -> Result<Event>;
 
     /// Starts a consumer of `topic`. Errors for an invalid topic or group name (the rules of
     /// [`validate_topic`](crate::broker::validate_topic) and [`validate_group`]); an unreachable

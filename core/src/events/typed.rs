@@ -12,8 +12,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::{Event, Events};
-use crate::broker::{HandlerResult, PROTOBUF, decode};
-use crate::{BoxError, Result};
+use crate::Result;
+use crate::broker::{HandlerResult, PROTOBUF, decoding};
 
 /// An event handler, shared by every delivery of a consumer: `Ok` acks, `Err` nacks, a
 /// [`Reject`](super::Reject) dead-letters at once.
@@ -37,16 +37,7 @@ where
     F: Fn(M, Event) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
-    let handler = Arc::new(handler);
-    Arc::new(move |event: Event| {
-        let handler = handler.clone();
-        Box::pin(async move {
-            match decode::<M>(event.payload.clone()) {
-                Ok(decoded) => handler(decoded, event).await,
-                Err(reject) => Err(Box::new(reject) as BoxError),
-            }
-        })
-    })
+    decoding(|event: &Event| event.payload.clone(), handler)
 }
 
 /// The metadata typed events carry: `content-type: application/protobuf`.
@@ -72,6 +63,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
+    use crate::BoxError;
     use crate::broker::is_rejection;
 
     fn event(payload: Vec<u8>) -> Event {

@@ -195,6 +195,27 @@ impl ConsulHttp {
         Ok(reply)
     }
 
+    /// A GET of `path` (with or without a query), a blocking query when `index > 0`: it waits
+    /// up to `wait` for a change past `index`. The path as sent (for errors), the reply, and the
+    /// index to pass next ([`next_index`]).
+    pub(crate) async fn get_blocking(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(String, Reply, u64)> {
+        let mut path = path.to_string();
+        let mut timeout = None;
+        if index > 0 {
+            let join = if path.contains('?') { '&' } else { '?' };
+            path.push_str(&format!("{join}index={index}&wait={}", go_duration(wait)));
+            timeout = Some(blocking_timeout(wait));
+        }
+        let reply = self.call(Method::GET, &path, None, timeout).await?;
+        let next = next_index(index, reply.index);
+        Ok((path, reply, next))
+    }
+
     /// [`call`](Self::call), then an error unless the status is 2xx.
     pub(crate) async fn call_ok(
         &self,
@@ -285,7 +306,7 @@ pub(crate) fn next_index(previous: u64, returned: Option<u64>) -> u64 {
 
 /// How long a blocking query may take on the client side: `wait`, plus the up to `wait/16`
 /// jitter Consul adds, plus slack.
-pub(crate) fn blocking_timeout(wait: Duration) -> Duration {
+fn blocking_timeout(wait: Duration) -> Duration {
     wait + wait / 16 + Duration::from_secs(5)
 }
 

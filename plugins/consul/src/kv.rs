@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 use micro_core::Result;
 use serde::Deserialize;
 
-use crate::http::{ConsulHttp, blocking_timeout, encode_path, go_duration, next_index};
+use crate::http::{ConsulHttp, encode_path};
 
 /// One entry of a KV read (kv API docs, "Read Key"): `Value` is base64, `null` when empty.
 #[derive(Clone, Debug, Deserialize)]
@@ -42,15 +42,13 @@ pub(crate) async fn list(
     index: u64,
     wait: Duration,
 ) -> Result<(Vec<KvEntry>, u64)> {
-    let mut path = format!("/v1/kv/{}?recurse", encode_path(prefix));
-    let timeout = if index > 0 {
-        path.push_str(&format!("&index={index}&wait={}", go_duration(wait)));
-        Some(blocking_timeout(wait))
-    } else {
-        None
-    };
-    let reply = http.call(Method::GET, &path, None, timeout).await?;
-    let next = next_index(index, reply.index);
+    let (path, reply, next) = http
+        .get_blocking(
+            &format!("/v1/kv/{}?recurse", encode_path(prefix)),
+            index,
+            wait,
+        )
+        .await?;
     if reply.status == StatusCode::NOT_FOUND {
         return Ok((Vec::new(), next));
     }

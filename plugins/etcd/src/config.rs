@@ -13,7 +13,7 @@
 //! tree keeps the last good value of that key.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use etcd_client::{
     WatchOptions,
 };
 use micro_core::config::{
-    Config, ConfigWatcher, WatchHub, assemble, flatten, get_path, set_path, split_path,
+    Config, ConfigWatcher, LeafTree, assemble, get_path, set_leaves, split_path,
 };
 use micro_core::{Error, Result};
 use serde_json::Value;
@@ -42,23 +42,8 @@ const SET_ATTEMPTS: usize = 16;
 pub struct EtcdConfig {
     conn: Conn,
     prefix: String,
-    shared: Arc<Shared>,
+    tree: Arc<LeafTree>,
     _watch: AbortOnDrop,
-}
-
-/// What the watch task and the config share.
-struct Shared {
-    hub: WatchHub,
-    tree: Mutex<Tree>,
-}
-
-/// The local copy of the tree.
-#[derive(Default)]
-struct Tree {
-    /// The last good value of each key.
-    leaves: BTreeMap<String, Value>,
-    /// The assembled tree.
-    root: Value,
 }
 
 impl std::fmt::Debug for EtcdConfig {
@@ -107,14 +92,11 @@ impl EtcdConfig {
         } else {
             format!("{prefix}/")
         };
-        let shared = Arc::new(Shared {
-            hub: WatchHub::default(),
-            tree: Mutex::default(),
-        });
+        let tree = Arc::new(LeafTree::default());
         let mut watch = WatchLoop {
             conn: conn.clone(),
             prefix: prefix.clone(),
-            shared: shared.clone(),
+            tree: tree.clone(),
             revision: 0,
         };
         watch
@@ -125,7 +107,7 @@ impl EtcdConfig {
         Ok(EtcdConfig {
             conn,
             prefix,
-            shared,
+            tree,
             _watch: AbortOnDrop(task),
         })
     }
@@ -243,19 +225,12 @@ impl Config for EtcdConfig {
 
     async fn set(&self, path: &str, value: Value) -> Result<()> {
         let segments = segments(path)?;
-        if segments.is_empty() && !value.is_object() {
-            return Err(Error::invalid(
-                "config value",
-                "the root of the tree must be an object",
-            ));
-        }
-        let leaves = flatten(&segments, value);
         let mut puts = BTreeMap::new();
-        for (leaf, value) in leaves {
-            if let Some(bad) = leaf.iter().find(|s| s.is_empty() || s.contains('/')) {
+        for (leaf, value) in set_leaves(path, &segments, value)? {
+            if let Some(bad) = leaf.iter().find(|s| s.contains('/')) {
                 return Err(Error::invalid(
                     "config value",
-                    format!("object key `{bad}` under `{path}` is empty or has a `/`"),
+                    format!("object key `{bad}` under `{path}` has a `/`"),
                 ));
             }
             let refs: Vec<&str> = leaf.iter().map(String::as_str).collect();
@@ -336,26 +311,7 @@ impl Config for EtcdConfig {
 
     async fn watch(&self, path: &str) -> Result<ConfigWatcher> {
         segments(path)?;
-        // The watcher starts from what etcd holds now, as `get` reads it, not from the local
-        // tree, which may lag behind a write just made: else it would report that older write.
-        let baseline = match self.get(path).await {
-            Ok(now) => {
-                let mut baseline = Value::Object(Default::default());
-                if let Some(value) = now {
-                    let segments = split_path(path)?;
-                    set_path(&mut baseline, &segments, value);
-                }
-                baseline
-            }
-            Err(_) => self
-                .shared
-                .tree
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .root
-                .clone(),
-        };
-        self.shared.hub.watch(path, &baseline)
+        self.tree.watch(path, self.get(path).await)
     }
 }
 
@@ -363,13 +319,13 @@ impl Config for EtcdConfig {
 struct WatchLoop {
     conn: Conn,
     prefix: String,
-    shared: Arc<Shared>,
+    tree: Arc<LeafTree>,
     revision: i64,
 }
 
 impl WatchLoop {
     /// Reads the whole tree; malformed keys keep their last good value (none at start).
-    async fn load(&mut self) -> std::result::Result<Vec<Error>, etcd_client::Error> {
+    async fn load(&mut self) -> std::result::Result<(), etcd_client::Error> {
         let mut client = self.conn.client.clone();
         let response = client
             .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
@@ -378,30 +334,13 @@ impl WatchLoop {
             .header()
             .map(|h| h.revision())
             .unwrap_or(self.revision);
-        let mut errors = Vec::new();
-        let mut tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-        let mut leaves = BTreeMap::new();
-        for kv in response.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            match decode(kv) {
-                Ok(value) => {
-                    leaves.insert(key, value);
-                }
-                Err(e) => {
-                    warn!(%key, error = %e, "malformed config value; keeping the last good one");
-                    if let Some(last) = tree.leaves.get(&key) {
-                        leaves.insert(key, last.clone());
-                    }
-                    errors.push(e);
-                }
-            }
-        }
-        tree.root = tree_of(
-            &self.prefix,
-            leaves.iter().map(|(k, v)| (k.as_str(), v.clone())),
+        self.tree.load(
+            response
+                .kvs()
+                .iter()
+                .filter_map(|kv| Some((self.leaf(kv)?, decode(kv)))),
         );
-        tree.leaves = leaves;
-        Ok(errors)
+        Ok(())
     }
 
     async fn run(mut self) {
@@ -455,13 +394,9 @@ impl WatchLoop {
     async fn reload(&mut self) {
         loop {
             match self.load().await {
-                Ok(errors) => {
+                Ok(()) => {
                     info!(prefix = %self.prefix, revision = self.revision, "config tree reloaded");
-                    for error in errors {
-                        publish_error(&self.shared.hub, &error);
-                    }
-                    let tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-                    self.shared.hub.publish(&tree.root);
+                    self.tree.publish();
                     return;
                 }
                 Err(e) => {
@@ -472,51 +407,25 @@ impl WatchLoop {
         }
     }
 
+    /// The path segments of a key, `None` for keys that name no path.
+    fn leaf(&self, kv: &KeyValue) -> Option<Vec<String>> {
+        let key = String::from_utf8_lossy(kv.key());
+        let segments = key_segments(&self.prefix, &key)?;
+        Some(segments.into_iter().map(String::from).collect())
+    }
+
     /// Applies the events of one watch response, then tells watchers.
     fn apply(&mut self, events: &[etcd_client::Event]) {
-        let mut tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-        let mut changed = false;
         for event in events {
             let Some(kv) = event.kv() else { continue };
             self.revision = self.revision.max(kv.mod_revision());
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(leaf) = self.leaf(kv) else { continue };
             match event.event_type() {
-                EventType::Put => match decode(kv) {
-                    Ok(value) => {
-                        tree.leaves.insert(key, value);
-                        changed = true;
-                    }
-                    Err(e) => {
-                        warn!(%key, error = %e, "malformed config value; keeping the last good one");
-                        publish_error(&self.shared.hub, &e);
-                    }
-                },
-                EventType::Delete => {
-                    changed |= tree.leaves.remove(&key).is_some();
-                }
+                EventType::Put => self.tree.put(leaf, decode(kv)),
+                EventType::Delete => self.tree.remove(&leaf),
             }
         }
-        if changed {
-            tree.root = tree_of(
-                &self.prefix,
-                tree.leaves.iter().map(|(k, v)| (k.as_str(), v.clone())),
-            );
-            self.shared.hub.publish(&tree.root);
-        }
-    }
-}
-
-/// Tells every watcher of `error` (a malformed value, naming its key).
-fn publish_error(hub: &WatchHub, error: &Error) {
-    match error {
-        Error::Decode { what, message } => hub.publish_error(|| Error::Decode {
-            what: what.clone(),
-            message: message.clone(),
-        }),
-        other => {
-            let message = other.to_string();
-            hub.publish_error(|| Error::backend_msg(COMPONENT, NAME, message.clone()))
-        }
+        self.tree.publish();
     }
 }
 

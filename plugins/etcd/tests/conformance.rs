@@ -1,14 +1,13 @@
 //! Every conformance suite of micro-core that etcd backs, against the etcd started by
 //! `scripts/setup` (127.0.0.1:2379, or `MICRO_ETCD_ADDRESS`).
 
+mod common;
+
 use std::sync::Arc;
 
+use common::address;
 use micro_core::{Config, Registry, Store};
 use micro_etcd::{EtcdConfig, EtcdRegistry, EtcdStore};
-
-fn address() -> String {
-    std::env::var("MICRO_ETCD_ADDRESS").unwrap_or_else(|_| micro_etcd::DEFAULT_ADDRESS.into())
-}
 
 async fn registry() -> Arc<dyn Registry> {
     Arc::new(

@@ -3,64 +3,31 @@
 //! back, a lease revoked behind the registry's back. Watches past compactions and cuts are in
 //! `watch.rs`.
 
-use std::time::{Duration, Instant};
+mod common;
 
-use etcd_client::{Client, DeleteOptions};
+use std::time::Duration;
+
+use common::{address, raw, service};
+use etcd_client::DeleteOptions;
 use micro_core::conformance::{PROMPT, eventually, next, unique};
-use micro_core::registry::{Node, Service};
 use micro_core::{Config, Registry};
 use micro_etcd::{EtcdConfig, EtcdRegistry, REGISTRY_PREFIX};
+use micro_testkit::{error_naming, prompt_error};
 use serde_json::json;
-
-fn address() -> String {
-    std::env::var("MICRO_ETCD_ADDRESS").unwrap_or_else(|_| micro_etcd::DEFAULT_ADDRESS.into())
-}
-
-/// A plain etcd client, acting behind the plugins' backs.
-async fn raw() -> Client {
-    let endpoints: Vec<String> = address().split(',').map(|e| e.trim().to_string()).collect();
-    Client::connect(endpoints, None)
-        .await
-        .expect("raw etcd client (run scripts/setup)")
-}
-
-fn service(name: &str, node: &str) -> Service {
-    Service {
-        name: name.into(),
-        version: "1.0.0".into(),
-        nodes: vec![Node {
-            id: node.into(),
-            address: "127.0.0.1:50051".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn unreachable_etcd_is_a_prompt_error_naming_the_address() {
-    let started = Instant::now();
-    let err = EtcdRegistry::connect("127.0.0.1:1")
-        .await
-        .expect_err("nothing listens on port 1");
-    assert!(
-        err.to_string().contains("127.0.0.1:1"),
-        "names the address: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
-
-    let err = EtcdConfig::connect("127.0.0.1:1, 127.0.0.1:2")
-        .await
-        .expect_err("unreachable");
-    let text = err.to_string();
-    assert!(
-        text.contains("127.0.0.1:1") && text.contains("127.0.0.1:2"),
-        "names both: {text}"
-    );
+    prompt_error(
+        Duration::from_secs(10),
+        &["127.0.0.1:1"],
+        EtcdRegistry::connect("127.0.0.1:1"),
+    )
+    .await;
+    error_naming(
+        &["127.0.0.1:1", "127.0.0.1:2"],
+        EtcdConfig::connect("127.0.0.1:1, 127.0.0.1:2"),
+    )
+    .await;
 
     let mut catalog = micro_core::Catalog::new();
     micro_etcd::install(&mut catalog);

@@ -3,47 +3,25 @@
 //! lists afresh and reports the difference), through a network cut, and of keys written behind
 //! the plugin's back; and that a registration that changes nothing writes nothing.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{address, raw, service};
 use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions};
 use micro_core::Registry;
 use micro_core::conformance::{PROMPT, next, unique};
-use micro_core::registry::{EventKind, Node, Service, Watcher};
+use micro_core::registry::{EventKind, Service, Watcher};
 use micro_etcd::{EtcdRegistry, REGISTRY_PREFIX};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
-
-fn address() -> String {
-    std::env::var("MICRO_ETCD_ADDRESS").unwrap_or_else(|_| micro_etcd::DEFAULT_ADDRESS.into())
-}
-
-/// A plain etcd client, acting behind the plugins' backs.
-async fn raw() -> Client {
-    let endpoints: Vec<String> = address().split(',').map(|e| e.trim().to_string()).collect();
-    Client::connect(endpoints, None)
-        .await
-        .expect("raw etcd client (run scripts/setup)")
-}
 
 async fn connect(address: &str) -> EtcdRegistry {
     EtcdRegistry::connect(address)
         .await
         .expect("etcd registry (run scripts/setup)")
-}
-
-fn service(name: &str, node: &str) -> Service {
-    Service {
-        name: name.into(),
-        version: "1.0.0".into(),
-        nodes: vec![Node {
-            id: node.into(),
-            address: "127.0.0.1:50051".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 /// The same node with other metadata: an Update for watchers.

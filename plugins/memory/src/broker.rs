@@ -4,15 +4,13 @@
 //! dead letter ([`MemoryBroker::dead_letters`]) and logged as an error.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
 use micro_core::Result;
 use micro_core::broker::{
-    Broker, Handler, Message, SubscribeOptions, Subscription, validate_topic,
+    Broker, Handler, Message, SubscribeOptions, Subscription, deliver, validate_topic,
 };
 use tokio::sync::mpsc;
 
@@ -179,18 +177,14 @@ async fn run_subscriber(
     mut receiver: mpsc::UnboundedReceiver<Delivery>,
 ) {
     while let Some(Delivery { message, attempt }) = receiver.recv().await {
-        let outcome = AssertUnwindSafe(handler(message.clone()))
-            .catch_unwind()
-            .await;
-        let (error, rejected) = match outcome {
-            Ok(Ok(())) => continue,
-            Ok(Err(error)) => (error.to_string(), micro_core::broker::is_rejection(&error)),
-            Err(_) => ("the handler panicked".to_string(), false),
+        let Err(failure) = deliver(&handler, message.clone()).await else {
+            continue;
         };
+        let error = failure.reason.as_str();
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        if rejected || attempt >= MAX_ATTEMPTS {
+        if failure.dead_letters(attempt, MAX_ATTEMPTS) {
             tracing::error!(%topic, attempt, %error, "message dead-lettered after {MAX_ATTEMPTS} failed deliveries");
             broker
                 .lock()

@@ -23,8 +23,8 @@ use futures::StreamExt;
 use micro_core::Result;
 use micro_core::broker::validate_topic;
 use micro_core::events::{
-    Acknowledger, ConsumeOptions, Delivery, Event, EventStream, Events, Offset,
-    dead_letter_metadata, dead_letter_topic, validate_group,
+    Acknowledger, ConsumeOptions, Delivery, Event, EventStream, Events, Metadata, Offset,
+    dead_letter_metadata, dead_letter_topic, validate_consume,
 };
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -392,12 +392,7 @@ impl Events for MemoryEvents {
         crate::NAME
     }
 
-    async fn publish(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        metadata: BTreeMap<String, String>,
-    ) -> Result<Event> {
+    async fn publish(&self, topic: &str, payload: Bytes, metadata: Metadata) -> Result<Event> {
         validate_topic(topic)?;
         Ok(self
             .shared
@@ -406,10 +401,7 @@ impl Events for MemoryEvents {
     }
 
     async fn consume(&self, topic: &str, options: ConsumeOptions) -> Result<EventStream> {
-        validate_topic(topic)?;
-        if let Some(group) = &options.group {
-            validate_group(group)?;
-        }
+        validate_consume(topic, &options)?;
         let consumer = {
             let mut state = self.shared.lock();
             state.next_anonymous += 1;

@@ -11,12 +11,13 @@
 //! exactly what consumers will see. `with_local_publish_time` skips that read; both are
 //! measured.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
 use micro_core::Events;
 use micro_nats::NatsEvents;
+use micro_testkit::bench::{BenchResult, fan_out, rate};
 
 /// Events per round with one publish in flight; each side runs two rounds, interleaved.
 const SERIAL_EVENTS: usize = 2_000;
@@ -25,9 +26,6 @@ const EVENTS: usize = 20_000;
 /// Concurrent publishers (tasks, each awaiting its own ack) in the second comparison.
 const IN_FLIGHT: usize = 32;
 const PAYLOAD: &[u8] = &[b'x'; 256];
-
-type BenchError = Box<dyn std::error::Error + Send + Sync>;
-type BenchResult<T> = Result<T, BenchError>;
 
 #[tokio::main]
 async fn main() -> BenchResult<()> {
@@ -57,7 +55,7 @@ async fn main() -> BenchResult<()> {
             times[1] += events_round(&events, &topic, &payload, count, in_flight).await?;
             times[2] += events_round(&local, &topic, &payload, count, in_flight).await?;
         }
-        let rate = |time: Duration| (2 * count) as f64 / time.as_secs_f64();
+        let rate = |time: Duration| rate(2 * count, time);
         let (raw_rate, events_rate, local_rate) = (rate(times[0]), rate(times[1]), rate(times[2]));
         println!(
             "JetStream publish awaiting the ack, {count} x 2 events of {} bytes to a file stream, {in_flight} in flight:",
@@ -114,28 +112,4 @@ async fn events_round(
         }
     })
     .await
-}
-
-/// Runs `publish` `count` times, from `in_flight` tasks each awaiting its own; the time it took.
-async fn fan_out<F, Fut>(count: usize, in_flight: usize, publish: F) -> BenchResult<Duration>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = BenchResult<()>> + Send,
-{
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|task| {
-            let publish = publish.clone();
-            tokio::spawn(async move {
-                for _ in (task..count).step_by(in_flight) {
-                    publish().await?;
-                }
-                Ok::<(), BenchError>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    Ok(start.elapsed())
 }

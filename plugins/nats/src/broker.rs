@@ -10,7 +10,6 @@
 //! JetStream. The memory broker behaves the same way, in one process.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,9 +18,10 @@ use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use micro_core::broker::{
-    Broker, Handler, Message, SubscribeOptions, Subscription, is_rejection, validate_topic,
+    Broker, Failure, Handler, Message, SubscribeOptions, Subscription, TaskSubscription, deliver,
+    validate_topic,
 };
 use micro_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -52,7 +52,6 @@ pub const QUEUE_HEADER: &str = "x-micro-dead-letter-queue";
 pub const REASON_HEADER: &str = "x-micro-dead-letter-reason";
 
 const COMPONENT: &str = "broker";
-const MAX_REASON: usize = 1024;
 
 /// Publish/subscribe on core NATS. Cheap to clone; clones share the connection and settings.
 ///
@@ -113,11 +112,7 @@ impl NatsBroker {
 
     /// The broker on a client the caller already has; `address` names it in errors.
     pub fn from_client(client: async_nats::Client, address: impl Into<String>) -> Self {
-        Self::on(Conn {
-            jetstream: async_nats::jetstream::new(client.clone()),
-            client,
-            address: crate::conn::redact(&address.into()),
-        })
+        Self::on(Conn::from_client(client, address))
     }
 
     fn on(conn: Conn) -> Self {
@@ -210,20 +205,10 @@ impl NatsBroker {
         queue: Option<&str>,
         message: Message,
         attempts: u32,
-        reason: &str,
+        failure: &Failure,
     ) {
         let subject = self.dead_letter_subject(topic);
-        let mut reason: String = reason
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        if reason.len() > MAX_REASON {
-            let mut cut = MAX_REASON;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason.truncate(cut);
-        }
+        let reason = failure.header_reason();
         let mut header = message.header.clone();
         header.insert(ATTEMPTS_HEADER.into(), attempts.to_string());
         header.insert(TOPIC_HEADER.into(), topic.to_string());
@@ -455,7 +440,6 @@ impl Broker for NatsBroker {
                 .err(COMPONENT, format!("subscribe to `{topic}`"), e)
         })?;
         self.round_trip(&format!("subscribe to `{topic}`")).await?;
-        let (stop, stopped) = oneshot::channel();
         let (retry, retries) = mpsc::unbounded_channel();
         let worker = Worker {
             broker: self.clone(),
@@ -465,12 +449,9 @@ impl Broker for NatsBroker {
             retry,
             pending: 0,
         };
-        let task = tokio::spawn(worker.run(subscriber, stopped, retries));
-        Ok(Box::new(NatsSubscription {
-            topic: topic.to_string(),
-            stop: Some(stop),
-            task: Some(task),
-        }))
+        Ok(Box::new(TaskSubscription::spawn(NAME, topic, |stopped| {
+            worker.run(subscriber, stopped, retries)
+        })))
     }
 }
 
@@ -523,28 +504,23 @@ impl Worker {
 
     /// Runs the handler on one delivery; a failure schedules a retry or dead-letters it.
     async fn deliver(&mut self, message: Message, attempt: u32) {
-        let outcome = AssertUnwindSafe((self.handler)(message.clone()))
-            .catch_unwind()
-            .await;
-        let (reason, rejected) = match outcome {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => (e.to_string(), is_rejection(&e)),
-            Err(panic) => (panic_message(panic.as_ref()), false),
+        let Err(failure) = deliver(&self.handler, message.clone()).await else {
+            return;
         };
         let settings = &self.broker.settings;
-        if rejected || attempt >= settings.max_attempts {
+        if failure.dead_letters(attempt, settings.max_attempts) {
             self.broker
                 .dead_letter(
                     &self.topic,
                     self.queue.as_deref(),
                     message,
                     attempt,
-                    &reason,
+                    &failure,
                 )
                 .await;
             return;
         }
-        warn!(topic = %self.topic, attempt, error = %reason, "handler failed; retrying");
+        warn!(topic = %self.topic, attempt, error = %failure.reason, "handler failed; retrying");
         self.pending += 1;
         let delay = settings.retry_backoff * attempt;
         let retry = self.retry.clone();
@@ -553,46 +529,6 @@ impl Worker {
             // The worker waits for every pending retry, so it is still receiving.
             let _ = retry.send((message, attempt + 1));
         });
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".into());
-    format!("the handler panicked: {text}")
-}
-
-struct NatsSubscription {
-    topic: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-#[async_trait]
-impl Subscription for NatsSubscription {
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// Unsubscribes from the server, then waits for the handler to finish what the server had
-    /// already sent, retries included.
-    async fn unsubscribe(mut self: Box<Self>) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.map_err(|e| {
-                Error::backend_msg(
-                    COMPONENT,
-                    NAME,
-                    format!("the subscriber of `{}` failed: {e}", self.topic),
-                )
-            })?;
-        }
-        Ok(())
     }
 }
 

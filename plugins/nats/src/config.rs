@@ -17,13 +17,13 @@
 //! `get` fails with it, watchers receive it, and the local tree keeps the last good value.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use micro_core::config::{
-    Config, ConfigWatcher, WatchHub, assemble, flatten, get_path, set_path, split_path,
+    Config, ConfigWatcher, LeafTree, assemble, get_path, set_leaves, split_path,
 };
 use micro_core::{Error, Result};
 use serde_json::Value;
@@ -41,29 +41,8 @@ const COMPONENT: &str = "config";
 /// Dynamic configuration in a JetStream key-value bucket.
 pub struct NatsConfig {
     bucket: Bucket,
-    shared: Arc<Shared>,
+    tree: Arc<LeafTree>,
     _follow: AbortOnDrop,
-}
-
-/// What the follow task and the config share.
-struct Shared {
-    hub: WatchHub,
-    tree: Mutex<Tree>,
-}
-
-/// The local copy of the tree.
-#[derive(Default)]
-struct Tree {
-    /// The last good value of each leaf, by path segments.
-    leaves: BTreeMap<Vec<String>, Value>,
-    /// The assembled tree.
-    root: Value,
-}
-
-impl Tree {
-    fn rebuild(&mut self) {
-        self.root = assemble(self.leaves.iter().map(|(s, v)| (s.clone(), v.clone())));
-    }
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -98,31 +77,21 @@ impl NatsConfig {
         address: impl Into<String>,
         bucket: &str,
     ) -> Result<Self> {
-        let conn = Conn {
-            jetstream: async_nats::jetstream::new(client.clone()),
-            client,
-            address: crate::conn::redact(&address.into()),
-        };
-        Self::start(conn, bucket).await
+        Self::start(Conn::from_client(client, address), bucket).await
     }
 
     async fn start(conn: Conn, name: &str) -> Result<Self> {
-        let bucket = Bucket::open(&conn, COMPONENT, name, true)
-            .await?
-            .ok_or_else(|| conn.err_msg(COMPONENT, format!("bucket `{name}` missing")))?;
-        let shared = Arc::new(Shared {
-            hub: WatchHub::default(),
-            tree: Mutex::default(),
-        });
+        let bucket = Bucket::create(&conn, COMPONENT, name).await?;
+        let tree = Arc::new(LeafTree::default());
         let mut follow = FollowLoop {
             bucket: bucket.clone(),
-            shared: shared.clone(),
+            tree: tree.clone(),
         };
         let stream = follow.load().await?;
         let task = tokio::spawn(follow.run(stream));
         Ok(NatsConfig {
             bucket,
-            shared,
+            tree,
             _follow: AbortOnDrop(task),
         })
     }
@@ -200,20 +169,8 @@ impl Config for NatsConfig {
 
     async fn set(&self, path: &str, value: Value) -> Result<()> {
         let segments = split_path(path)?;
-        if segments.is_empty() && !value.is_object() {
-            return Err(Error::invalid(
-                "config value",
-                "the root of the tree must be an object",
-            ));
-        }
         let mut puts = BTreeMap::new();
-        for (leaf, value) in flatten(&segments, value) {
-            if leaf.iter().any(String::is_empty) {
-                return Err(Error::invalid(
-                    "config value",
-                    format!("an object key under `{path}` is empty"),
-                ));
-            }
+        for (leaf, value) in set_leaves(path, &segments, value)? {
             puts.insert(key_of(&leaf), Bytes::from(value.to_string()));
         }
         let existing = self.read(&segments, true).await?;
@@ -241,33 +198,15 @@ impl Config for NatsConfig {
     }
 
     async fn watch(&self, path: &str) -> Result<ConfigWatcher> {
-        let segments = split_path(path)?;
-        // The watcher starts from what the bucket holds now, as `get` reads it, not from the
-        // local tree, which may lag behind a write just made: else it would report that write.
-        let baseline = match self.get(path).await {
-            Ok(now) => {
-                let mut baseline = Value::Object(Default::default());
-                if let Some(value) = now {
-                    set_path(&mut baseline, &segments, value);
-                }
-                baseline
-            }
-            Err(_) => self
-                .shared
-                .tree
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .root
-                .clone(),
-        };
-        self.shared.hub.watch(path, &baseline)
+        split_path(path)?;
+        self.tree.watch(path, self.get(path).await)
     }
 }
 
 /// The task keeping the local tree.
 struct FollowLoop {
     bucket: Bucket,
-    shared: Arc<Shared>,
+    tree: Arc<LeafTree>,
 }
 
 impl FollowLoop {
@@ -279,39 +218,25 @@ impl FollowLoop {
             .snapshot()
             .await
             .map_err(|e| self.bucket.err("read", ">", e))?;
-        let mut tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-        let mut leaves = BTreeMap::new();
-        for item in items.iter().filter(|item| item.op == Op::Put) {
-            let Some(segments) = segments_of(&item.key) else {
-                continue;
-            };
-            match decode(&self.bucket, &item.key, &item.value) {
-                Ok(value) => {
-                    leaves.insert(segments, value);
-                }
-                Err(e) => {
-                    warn!(key = %item.key, error = %e, "malformed config value; keeping the last good one");
-                    if let Some(last) = tree.leaves.get(&segments) {
-                        leaves.insert(segments, last.clone());
-                    }
-                    publish_error(&self.shared.hub, &e);
-                }
-            }
-        }
-        tree.leaves = leaves;
-        tree.rebuild();
+        self.tree.load(
+            items
+                .iter()
+                .filter(|item| item.op == Op::Put)
+                .filter_map(|item| {
+                    let value = decode(&self.bucket, &item.key, &item.value);
+                    Some((segments_of(&item.key)?, value))
+                }),
+        );
         Ok(follow)
     }
 
     async fn run(mut self, mut follow: Follow) {
-        let mut changed = false;
         loop {
             match follow.next().await {
                 Some(Ok(item)) => {
-                    changed |= self.apply(&item);
-                    if item.pending == 0 && std::mem::take(&mut changed) {
-                        let tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-                        self.shared.hub.publish(&tree.root);
+                    self.apply(&item);
+                    if item.pending == 0 {
+                        self.tree.publish();
                     }
                 }
                 Some(Err(e)) if e.is_transient() => {
@@ -320,7 +245,6 @@ impl FollowLoop {
                 Some(Err(e)) => {
                     warn!(bucket = %self.bucket.name(), error = %e, "config follow failed; reloading the tree");
                     follow = self.reload().await;
-                    changed = false;
                 }
                 None => {
                     info!(bucket = %self.bucket.name(), "connection closed; config follow ends");
@@ -337,8 +261,7 @@ impl FollowLoop {
             match self.load().await {
                 Ok(follow) => {
                     info!(bucket = %self.bucket.name(), "config tree reloaded");
-                    let tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-                    self.shared.hub.publish(&tree.root);
+                    self.tree.publish();
                     return follow;
                 }
                 Err(e) => {
@@ -350,40 +273,16 @@ impl FollowLoop {
         }
     }
 
-    /// Applies one change to the tree; whether it changed.
-    fn apply(&mut self, item: &Item) -> bool {
+    /// Applies one change to the tree.
+    fn apply(&mut self, item: &Item) {
         let Some(segments) = segments_of(&item.key) else {
-            return false;
+            return;
         };
-        let mut tree = self.shared.tree.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = match item.op {
-            Op::Put => match decode(&self.bucket, &item.key, &item.value) {
-                Ok(value) => tree.leaves.insert(segments, value.clone()) != Some(value),
-                Err(e) => {
-                    warn!(key = %item.key, error = %e, "malformed config value; keeping the last good one");
-                    publish_error(&self.shared.hub, &e);
-                    false
-                }
-            },
-            Op::Delete => tree.leaves.remove(&segments).is_some(),
-        };
-        if changed {
-            tree.rebuild();
-        }
-        changed
-    }
-}
-
-/// Tells every watcher of `error` (a malformed value, naming its key).
-fn publish_error(hub: &WatchHub, error: &Error) {
-    match error {
-        Error::Decode { what, message } => hub.publish_error(|| Error::Decode {
-            what: what.clone(),
-            message: message.clone(),
-        }),
-        other => {
-            let message = other.to_string();
-            hub.publish_error(|| Error::backend_msg(COMPONENT, NAME, message.clone()))
+        match item.op {
+            Op::Put => self
+                .tree
+                .put(segments, decode(&self.bucket, &item.key, &item.value)),
+            Op::Delete => self.tree.remove(&segments),
         }
     }
 }

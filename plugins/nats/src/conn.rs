@@ -105,6 +105,15 @@ impl Conn {
         })
     }
 
+    /// The connection of a client the caller already has; `address` names it in errors.
+    pub(crate) fn from_client(client: async_nats::Client, address: impl Into<String>) -> Conn {
+        Conn {
+            jetstream: jetstream::new(client.clone()),
+            client,
+            address: redact(&address.into()),
+        }
+    }
+
     /// A backend error of `component` saying what failed, with the address.
     pub(crate) fn err(
         &self,

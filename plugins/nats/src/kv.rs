@@ -172,6 +172,13 @@ impl std::fmt::Debug for Bucket {
 }
 
 impl Bucket {
+    /// The bucket `name`, created when it does not exist: the one bucket a component keeps.
+    pub(crate) async fn create(conn: &Conn, component: &'static str, name: &str) -> Result<Bucket> {
+        Bucket::open(conn, component, name, true)
+            .await?
+            .ok_or_else(|| conn.err_msg(component, format!("bucket `{name}` missing")))
+    }
+
     /// The bucket `name`: `None` when it does not exist and `create` is false; created (file
     /// storage, one value per key) when it does not exist and `create` is true.
     pub(crate) async fn open(

@@ -83,18 +83,11 @@ impl NatsRegistry {
         address: impl Into<String>,
         bucket: &str,
     ) -> Result<Self> {
-        let conn = Conn {
-            jetstream: async_nats::jetstream::new(client.clone()),
-            client,
-            address: crate::conn::redact(&address.into()),
-        };
-        Self::start(conn, bucket).await
+        Self::start(Conn::from_client(client, address), bucket).await
     }
 
     async fn start(conn: Conn, name: &str) -> Result<Self> {
-        let bucket = Bucket::open(&conn, COMPONENT, name, true)
-            .await?
-            .ok_or_else(|| conn.err_msg(COMPONENT, format!("bucket `{name}` missing")))?;
+        let bucket = Bucket::create(&conn, COMPONENT, name).await?;
         Ok(NatsRegistry {
             bucket,
             sweep_interval: None,

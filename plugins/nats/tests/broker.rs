@@ -15,6 +15,7 @@ use micro_core::broker::{Message, Reject, SubscribeOptions, handler};
 use micro_core::conformance::{PROMPT, eventually, next, unique};
 use micro_core::{Broker, Error};
 use micro_nats::{ATTEMPTS_HEADER, NatsBroker, QUEUE_HEADER, REASON_HEADER, TOPIC_HEADER};
+use micro_testkit::collecting;
 
 async fn broker() -> NatsBroker {
     NatsBroker::connect(&common::address())
@@ -212,20 +213,9 @@ async fn subscriptions_are_live_when_subscribe_returns() {
     let (subscriber, publisher) = (broker().await, broker().await);
     for round in 0..10 {
         let topic = unique("test.live");
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
+        let (keep, got) = collecting();
         let subscription = subscriber
-            .subscribe(
-                &topic,
-                handler(move |m: Message| {
-                    let sink = sink.clone();
-                    async move {
-                        sink.lock().expect("lock").push(m.body);
-                        Ok(())
-                    }
-                }),
-                SubscribeOptions::default(),
-            )
+            .subscribe(&topic, keep, SubscribeOptions::default())
             .await
             .expect("subscribe");
         publisher
@@ -235,7 +225,7 @@ async fn subscriptions_are_live_when_subscribe_returns() {
         eventually(
             PROMPT,
             "the message published right after subscribe",
-            || async { !got.lock().expect("lock").is_empty() },
+            || async { !got.is_empty() },
         )
         .await;
         subscription.unsubscribe().await.expect("unsubscribe");
@@ -276,20 +266,9 @@ async fn headers_are_nats_headers_both_ways() {
     assert_eq!(message.payload, Bytes::from_static(b"\x00\xff"));
 
     let inbound = unique("test.headers-in");
-    let got: Arc<Mutex<Vec<Message>>> = Arc::default();
-    let sink = got.clone();
+    let (keep, got) = collecting();
     let subscription = broker
-        .subscribe(
-            &inbound,
-            handler(move |m| {
-                let sink = sink.clone();
-                async move {
-                    sink.lock().expect("lock").push(m);
-                    Ok(())
-                }
-            }),
-            SubscribeOptions::default(),
-        )
+        .subscribe(&inbound, keep, SubscribeOptions::default())
         .await
         .expect("subscribe");
     let mut headers = async_nats::HeaderMap::new();
@@ -301,11 +280,8 @@ async fn headers_are_nats_headers_both_ways() {
         .await
         .expect("raw publish");
     client.flush().await.expect("flush");
-    eventually(PROMPT, "the raw message", || async {
-        !got.lock().expect("lock").is_empty()
-    })
-    .await;
-    let message = got.lock().expect("lock")[0].clone();
+    eventually(PROMPT, "the raw message", || async { !got.is_empty() }).await;
+    let message = got.messages()[0].clone();
     let want: BTreeMap<String, String> = [
         ("x-one".to_string(), "1".to_string()),
         ("x-repeated".to_string(), "last".to_string()),

@@ -9,16 +9,6 @@ use micro_core::Config;
 use micro_core::conformance::{PROMPT, eventually, next};
 use serde_json::json;
 
-async fn raw_bucket(name: &str) -> async_nats::jetstream::kv::Store {
-    let client = async_nats::connect(common::address().as_str())
-        .await
-        .expect("connect");
-    async_nats::jetstream::new(client)
-        .get_key_value(name)
-        .await
-        .unwrap_or_else(|e| panic!("bucket {name}: {e}"))
-}
-
 /// Each leaf is a key (segments escaped) holding its JSON; objects have no key of their own.
 #[tokio::test(flavor = "multi_thread")]
 async fn leaves_are_keys_holding_json() {
@@ -31,7 +21,7 @@ async fn leaves_are_keys_holding_json() {
         )
         .await
         .expect("set");
-    let raw = raw_bucket(&bucket).await;
+    let raw = common::raw_bucket(&bucket).await;
     let value = |key: &'static str| {
         let raw = raw.clone();
         async move {
@@ -62,7 +52,7 @@ async fn edits_by_hand_reach_get_and_watchers() {
     let bucket = common::unique_bucket("config");
     let config = common::config(&bucket).await;
     let mut watcher = config.watch("greeter.greeting").await.expect("watch");
-    let raw = raw_bucket(&bucket).await;
+    let raw = common::raw_bucket(&bucket).await;
     raw.put("greeter.greeting", "\"Howdy\"".into())
         .await
         .expect("raw put");
@@ -93,7 +83,7 @@ async fn malformed_values_are_errors_naming_their_key() {
     let config = common::config(&bucket).await;
     config.set("svc.port", json!(8080)).await.expect("set");
     let mut watcher = config.watch("svc").await.expect("watch");
-    let raw = raw_bucket(&bucket).await;
+    let raw = common::raw_bucket(&bucket).await;
     raw.put("svc.port", "not json".into())
         .await
         .expect("raw put");

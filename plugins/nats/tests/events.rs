@@ -11,68 +11,32 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
-use async_trait::async_trait;
 use bytes::Bytes;
 use events_support::{TestTopic, stream_exists};
 use futures::StreamExt;
+use micro_core::Events;
 use micro_core::conformance::{PROMPT, eventually, next};
-use micro_core::events::{
-    ConsumeOptions, DELIVERIES, Event, EventStream, ORIGINAL_ID, ORIGINAL_SEQUENCE, Offset,
-    dead_letter_topic,
-};
-use micro_core::{Events, Result};
+use micro_core::events::{ConsumeOptions, DELIVERIES, ORIGINAL_ID, ORIGINAL_SEQUENCE, Offset};
 use micro_nats::NatsEvents;
+use micro_testkit::Wrapped;
 
 /// `NatsEvents` that remembers the topics it touched and deletes their streams when dropped, so
 /// the conformance cases (which know nothing of streams) leave nothing behind.
-struct Cleaning {
-    events: NatsEvents,
-    topics: Mutex<BTreeSet<String>>,
-}
-
-impl Cleaning {
-    fn touch(&self, topic: &str) {
-        self.topics.lock().expect("lock").insert(topic.to_string());
-    }
-}
-
-#[async_trait]
-impl Events for Cleaning {
-    fn name(&self) -> &str {
-        self.events.name()
-    }
-
-    async fn publish(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        metadata: BTreeMap<String, String>,
-    ) -> Result<Event> {
-        self.touch(topic);
-        self.events.publish(topic, payload, metadata).await
-    }
-
-    async fn consume(&self, topic: &str, options: ConsumeOptions) -> Result<EventStream> {
-        self.touch(topic);
-        self.events.consume(topic, options).await
-    }
-}
-
-impl Drop for Cleaning {
-    fn drop(&mut self) {
-        let topics = std::mem::take(&mut *self.topics.lock().expect("lock"));
-        events_support::delete_topics_blocking(
-            &events_support::address(),
-            topics.into_iter().collect(),
-        );
-    }
-}
-
 async fn cleaning() -> Arc<dyn Events> {
-    Arc::new(Cleaning {
-        events: events_support::events().await,
-        topics: Mutex::default(),
-    })
+    let topics: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let touched = topics.clone();
+    let events = Wrapped::new(events_support::events().await)
+        .on_topic(move |topic| {
+            touched.lock().expect("lock").insert(topic.to_string());
+        })
+        .on_drop(move || {
+            let topics = std::mem::take(&mut *topics.lock().expect("lock"));
+            events_support::delete_topics_blocking(
+                &events_support::address(),
+                topics.into_iter().collect(),
+            );
+        });
+    Arc::new(events)
 }
 
 micro_core::events_conformance!(crate::cleaning());
@@ -235,13 +199,7 @@ async fn nack_on_the_last_delivery_dead_letters_at_once() {
         );
         delivery.nack().await.expect("nack");
     }
-    let mut dead = events
-        .consume(
-            &dead_letter_topic(&topic),
-            ConsumeOptions::default().with_offset(Offset::Earliest),
-        )
-        .await
-        .expect("consume the dead letters");
+    let mut dead = micro_testkit::dead_letters(&events, &topic).await;
     // `next` waits PROMPT, a third of ack_wait: only the nack can have dead-lettered it.
     let letter = next(&mut dead, "the dead letter").await.expect("delivery");
     assert_eq!(letter.event.payload, poison.payload);

@@ -9,12 +9,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use events_support::doomed::{DoomedConsumer, Orders};
-use events_support::{Checker, id_of};
 use futures::StreamExt;
 use micro_core::Events;
 use micro_core::events::{ConsumeOptions, Offset};
 use micro_nats::NatsEvents;
+use micro_testkit::checker::{Checker, id_of};
+use micro_testkit::checker::{assert_none_lost, body_of, print_summary, publish_ids};
+use micro_testkit::doomed::{Handled, Orders};
 use micro_testkit::eventually;
 
 const EVENTS: u64 = 10_000;
@@ -84,31 +85,29 @@ async fn ten_thousand_events_to_three_consumers_none_lost() {
         address: address.clone(),
         topic: topic.clone(),
         group: group.clone(),
-        ack_wait: ACK_WAIT,
+        ack_wait: Some(ACK_WAIT),
         prefetch: PREFETCH,
         handle_first: DOOMED_HANDLES,
     };
     let recorder = checker.clone();
-    let doomed = DoomedConsumer::spawn(DOOMED_ENTRY, &orders, move |id| recorder.consumed(id, 2));
+    let doomed = orders.spawn(DOOMED_ENTRY, move |handled: Handled| {
+        recorder.consumed(handled.id(), 2)
+    });
     eventually(Duration::from_secs(30), "member 2 consumes", || async {
         doomed.seen().ready
     })
     .await;
 
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let (publisher, topic, checker) = (publisher.clone(), topic.clone(), checker.clone());
-            tokio::spawn(async move {
-                for id in (p..EVENTS).step_by(PUBLISHERS as usize) {
-                    publisher
-                        .publish(&topic, Bytes::from(format!("id:{id}")), Default::default())
-                        .await
-                        .expect("publish");
-                    checker.confirmed(id);
-                }
-            })
-        })
-        .collect();
+    let (sender, to) = (publisher.clone(), topic.clone());
+    let publishers = publish_ids(PUBLISHERS, EVENTS, &checker, move |id| {
+        let (sender, to) = (sender.clone(), to.clone());
+        async move {
+            sender
+                .publish(&to, Bytes::from(body_of(id)), Default::default())
+                .await
+                .expect("publish");
+        }
+    });
 
     // Kill member 2 once it has done its share and holds events it will never acknowledge,
     // while events are still flowing.
@@ -119,24 +118,11 @@ async fn ten_thousand_events_to_three_consumers_none_lost() {
     )
     .await;
     let published_at_kill = checker.confirmed_count();
-    let (died, status) = doomed.kill();
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "member 2 died of SIGKILL: {status}"
-        );
-    }
-    #[cfg(not(unix))]
-    let _ = status;
+    let died = doomed.kill();
     assert_eq!(died.done.len(), DOOMED_HANDLES);
     assert!(died.held.is_disjoint(&died.done));
 
-    for task in tasks {
-        task.await.expect("publisher task");
-    }
+    publishers.join().await;
     eventually(
         Duration::from_secs(120),
         "every published event handled",
@@ -165,26 +151,14 @@ async fn ten_thousand_events_to_three_consumers_none_lost() {
     }
 
     let published: BTreeSet<u64> = (0..EVENTS).collect();
-    let lost = checker.lost();
-    let unexpected = checker.unexpected(&published);
-    let duplicates = checker.duplicates();
-    println!(
-        "events group: published {}, lost {}, unexpected {}, duplicates {} (held by the killed \
-         member: {}; killed after {} of {} were published); handled by members: {} / {} / {}",
-        checker.confirmed_count(),
-        lost.len(),
-        unexpected.len(),
-        duplicates.len(),
-        died.held.len(),
-        published_at_kill,
-        EVENTS,
-        checker.per_member(0),
-        checker.per_member(1),
-        checker.per_member(2),
+    let report = checker.report(&published);
+    let extra = format!(
+        " (held by the killed member: {}; killed after {published_at_kill} of {EVENTS} were \
+         published)",
+        died.held.len()
     );
-    assert_eq!(checker.confirmed_count() as u64, EVENTS);
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
+    print_summary("events group", &checker, &report, 3, &extra);
+    assert_none_lost(&report, EVENTS, &checker, &[0, 1]);
     for id in &died.held {
         let survivors = checker
             .members_of(*id)
@@ -204,14 +178,10 @@ async fn ten_thousand_events_to_three_consumers_none_lost() {
             "event {id}, acknowledged by member 2, was delivered again"
         );
     }
-    for (id, members) in &duplicates {
+    for (id, members) in &report.duplicates {
         assert!(
             died.held.contains(id) && members.contains(&2),
             "event {id} handled by {members:?}: a duplicate the killed member does not explain"
         );
     }
-    assert!(
-        checker.per_member(0) > 0 && checker.per_member(1) > 0,
-        "the survivors share the rest"
-    );
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use events_support::server::PrivateNats;
-use events_support::{Checker, id_of};
 use futures::StreamExt;
 use micro_core::Events;
 use micro_core::events::{ConsumeOptions, Offset};
 use micro_nats::NatsEvents;
+use micro_testkit::checker::{Checker, id_of};
 use micro_testkit::eventually;
 
 const EVENTS: u64 = 3_000;
@@ -90,7 +90,7 @@ async fn a_restarted_server_loses_nothing_acknowledged() {
     let confirmed_before = checker.confirmed_count();
     server = tokio::task::spawn_blocking(move || {
         server.stop();
-        server.resume();
+        server.restart();
         server
     })
     .await

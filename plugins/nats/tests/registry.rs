@@ -29,16 +29,6 @@ fn service(name: &str, nodes: &[&str]) -> Service {
     }
 }
 
-async fn raw_bucket(name: &str) -> async_nats::jetstream::kv::Store {
-    let client = async_nats::connect(common::address().as_str())
-        .await
-        .expect("connect");
-    async_nats::jetstream::new(client)
-        .get_key_value(name)
-        .await
-        .unwrap_or_else(|e| panic!("bucket {name}: {e}"))
-}
-
 /// One key per node, `<service>.<node>` escaped, holding go-micro's service JSON with that one
 /// node, and the deadline in a header.
 #[tokio::test(flavor = "multi_thread")]
@@ -51,7 +41,7 @@ async fn nodes_are_go_micro_json_under_escaped_keys() {
         .await
         .expect("register");
 
-    let raw = raw_bucket(&bucket).await;
+    let raw = common::raw_bucket(&bucket).await;
     let value = raw
         .get("go=2Emicro=2Egreeter.g-1")
         .await
@@ -98,13 +88,13 @@ async fn the_sweeper_deletes_lapsed_nodes() {
         .await
         .expect("nats registry")
         .with_sweep_interval(Some(Duration::from_millis(200)));
-    let registry = common::Cleaned::new(registry, format!("KV_{bucket}"));
+    let registry = common::cleaned(registry, format!("KV_{bucket}"));
     let lapsing = service("svc", &["lapsing"]);
     registry
         .register(&lapsing, Duration::from_millis(300))
         .await
         .expect("register");
-    let raw = raw_bucket(&bucket).await;
+    let raw = common::raw_bucket(&bucket).await;
     assert!(raw.get("svc.lapsing").await.expect("get").is_some());
     eventually(PROMPT, "the lapsed node's record is swept", || async {
         raw.get("svc.lapsing").await.expect("get").is_none()
@@ -122,7 +112,7 @@ async fn watchers_see_lapses_without_the_sweeper() {
         .await
         .expect("nats registry")
         .with_sweep_interval(None);
-    let registry = common::Cleaned::new(registry, format!("KV_{bucket}"));
+    let registry = common::cleaned(registry, format!("KV_{bucket}"));
     let mut watcher = registry.watch(Some("svc")).await.expect("watch");
     let node = service("svc", &["n"]);
     registry
@@ -135,7 +125,7 @@ async fn watchers_see_lapses_without_the_sweeper() {
     assert_eq!(deleted.kind, EventKind::Delete);
     assert_eq!(deleted.service, node);
     assert!(registry.get_service("svc").await.expect("get").is_empty());
-    let raw = raw_bucket(&bucket).await;
+    let raw = common::raw_bucket(&bucket).await;
     assert!(
         raw.get("svc.n").await.expect("get").is_some(),
         "still stored"

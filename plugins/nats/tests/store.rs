@@ -15,16 +15,6 @@ fn prefix() -> String {
     format!("{}-", common::unique_bucket("store"))
 }
 
-async fn raw_bucket(name: &str) -> async_nats::jetstream::kv::Store {
-    let client = async_nats::connect(common::address().as_str())
-        .await
-        .expect("connect");
-    async_nats::jetstream::new(client)
-        .get_key_value(name)
-        .await
-        .unwrap_or_else(|e| panic!("bucket {name}: {e}"))
-}
-
 /// Database → bucket `<prefix><database>`, table and key → `<table>.<key>` escaped, the value
 /// as it is, metadata and deadline in headers.
 #[tokio::test(flavor = "multi_thread")]
@@ -40,7 +30,7 @@ async fn records_are_plain_values_under_escaped_keys() {
 
     let bucket = store.inner.bucket_name("orders.v1");
     assert_eq!(bucket, format!("{prefix}orders_2Ev1"));
-    let raw = raw_bucket(&bucket).await;
+    let raw = common::raw_bucket(&bucket).await;
     let key = "line=20items.a=2Eb/=C3=BC";
     assert_eq!(
         raw.get(key).await.expect("raw get").as_deref(),
@@ -99,7 +89,7 @@ async fn the_sweeper_deletes_expired_records() {
         .expect("nats store")
         .with_bucket_prefix(prefix.clone())
         .with_sweep_interval(Some(Duration::from_millis(200)));
-    let store = common::Cleaned::new(store, format!("KV_{prefix}"));
+    let store = common::cleaned(store, format!("KV_{prefix}"));
     let ns = Namespace::new("db", "t");
     store
         .write(
@@ -112,7 +102,7 @@ async fn the_sweeper_deletes_expired_records() {
         .write(Record::new("kept", "k"), &ns)
         .await
         .expect("write");
-    let raw = raw_bucket(&store.inner.bucket_name("db")).await;
+    let raw = common::raw_bucket(&store.inner.bucket_name("db")).await;
     assert!(raw.get("t.short").await.expect("get").is_some());
     eventually(
         PROMPT,
@@ -136,7 +126,7 @@ async fn expired_records_are_never_read_and_sweep_on_demand() {
         .expect("nats store")
         .with_bucket_prefix(prefix.clone())
         .with_sweep_interval(None);
-    let store = common::Cleaned::new(store, format!("KV_{prefix}"));
+    let store = common::cleaned(store, format!("KV_{prefix}"));
     let ns = Namespace::new("db", "t");
     let exact = Query::default().in_namespace(ns.clone());
     for key in ["a", "b"] {
@@ -157,7 +147,7 @@ async fn expired_records_are_never_read_and_sweep_on_demand() {
         .write(Record::new("b", "again"), &ns)
         .await
         .expect("rewrite b without a TTL");
-    let raw = raw_bucket(&store.inner.bucket_name("db")).await;
+    let raw = common::raw_bucket(&store.inner.bucket_name("db")).await;
     assert!(
         raw.get("t.a").await.expect("get").is_some(),
         "not swept yet"

@@ -5,7 +5,7 @@
 //! micro-rabbitmq`. Prints figures and a ratio; asserts nothing about time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
@@ -13,10 +13,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use micro_core::Broker;
-use micro_core::broker::{Message, SubscribeOptions, handler};
 use micro_rabbitmq::{RabbitBroker, RabbitOptions};
-use tokio::sync::mpsc;
+use micro_testkit::bench::{BenchError, BenchResult, broker_latency, broker_round, fan_out, rate};
 
 /// Messages per throughput round with one publish in flight; each side runs two rounds,
 /// interleaved. Small: with one in flight, each message waits for RabbitMQ's disk write.
@@ -28,9 +26,6 @@ const IN_FLIGHT: usize = 32;
 /// Messages timed end to end.
 const LATENCY_MESSAGES: usize = 2_000;
 const BODY: &[u8] = &[b'x'; 256];
-
-type BenchError = Box<dyn std::error::Error + Send + Sync>;
-type BenchResult<T> = Result<T, BenchError>;
 
 #[tokio::main]
 async fn main() -> BenchResult<()> {
@@ -68,14 +63,14 @@ async fn main() -> BenchResult<()> {
     // Warm up both paths, then interleave rounds so neither side gets the quieter moment.
     let raw = Arc::new(raw);
     raw_round(&raw, &exchange, &topic, 200, 1).await?;
-    broker_round(&broker, &topic, 200, 1).await?;
+    broker_round(&broker, &topic, BODY, 200, 1).await?;
     for (count, in_flight) in [(SERIAL_MESSAGES, 1), (MESSAGES, IN_FLIGHT)] {
         let (mut raw_time, mut broker_time) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..2 {
             raw_time += raw_round(&raw, &exchange, &topic, count, in_flight).await?;
-            broker_time += broker_round(&broker, &topic, count, in_flight).await?;
+            broker_time += broker_round(&broker, &topic, BODY, count, in_flight).await?;
         }
-        let rate = |time: Duration| (2 * count) as f64 / time.as_secs_f64();
+        let rate = |time: Duration| rate(2 * count, time);
         let (raw_rate, broker_rate) = (rate(raw_time), rate(broker_time));
         println!(
             "publish with confirms, {count} x 2 persistent messages of {} bytes to a durable queue, {in_flight} in flight:",
@@ -89,15 +84,10 @@ async fn main() -> BenchResult<()> {
         );
     }
 
-    let (p50, p99) = latency(&broker, &suffix).await?;
-    println!(
-        "end-to-end publish -> handler (broadcast subscriber), {LATENCY_MESSAGES} messages, one at a time:"
-    );
-    println!(
-        "  p50 {:>8.0} µs    p99 {:>8.0} µs",
-        p50.as_secs_f64() * 1e6,
-        p99.as_secs_f64() * 1e6
-    );
+    let latency_topic = format!("bench.latency-{suffix}");
+    broker_latency(&broker, &latency_topic, BODY, LATENCY_MESSAGES)
+        .await?
+        .print();
 
     raw.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
@@ -136,85 +126,4 @@ async fn raw_round(
         }
     })
     .await
-}
-
-/// `count` publishes through the `Broker` trait from `in_flight` tasks.
-async fn broker_round(
-    broker: &RabbitBroker,
-    topic: &str,
-    count: usize,
-    in_flight: usize,
-) -> BenchResult<Duration> {
-    let (broker, topic) = (broker.clone(), topic.to_string());
-    fan_out(count, in_flight, move || {
-        let (broker, topic) = (broker.clone(), topic.clone());
-        async move {
-            broker.publish(&topic, Message::new(BODY)).await?;
-            Ok(())
-        }
-    })
-    .await
-}
-
-/// Runs `publish` `count` times, from `in_flight` tasks each awaiting its own; the time it took.
-async fn fan_out<F, Fut>(count: usize, in_flight: usize, publish: F) -> BenchResult<Duration>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = BenchResult<()>> + Send,
-{
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|task| {
-            let publish = publish.clone();
-            tokio::spawn(async move {
-                for _ in (task..count).step_by(in_flight) {
-                    publish().await?;
-                }
-                Ok::<(), BenchError>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    Ok(start.elapsed())
-}
-
-/// p50 and p99 of the time from calling `publish` to the handler running.
-async fn latency(broker: &RabbitBroker, suffix: &str) -> BenchResult<(Duration, Duration)> {
-    let topic = format!("bench.latency-{suffix}");
-    let origin = Instant::now();
-    let (arrived, mut arrivals) = mpsc::unbounded_channel();
-    let record = handler(move |message: Message| {
-        let arrived = arrived.clone();
-        async move {
-            let now = origin.elapsed().as_nanos() as u64;
-            let sent: u64 = message
-                .header
-                .get("x-sent-ns")
-                .and_then(|n| n.parse().ok())
-                .ok_or("no x-sent-ns")?;
-            let _ = arrived.send(Duration::from_nanos(now.saturating_sub(sent)));
-            Ok(())
-        }
-    });
-    let subscription = broker
-        .subscribe(&topic, record, SubscribeOptions::default())
-        .await?;
-    let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
-    for _ in 0..LATENCY_MESSAGES {
-        let sent = origin.elapsed().as_nanos().to_string();
-        broker
-            .publish(&topic, Message::new(BODY).with_header("x-sent-ns", sent))
-            .await?;
-        // One at a time: wait for this message before the next, so queueing does not inflate it.
-        match tokio::time::timeout(Duration::from_secs(10), arrivals.recv()).await {
-            Ok(Some(latency)) => samples.push(latency),
-            _ => return Err("a message did not arrive within 10 s".into()),
-        }
-    }
-    subscription.unsubscribe().await?;
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    Ok((at(0.50), at(0.99)))
 }

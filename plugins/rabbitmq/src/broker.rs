@@ -14,7 +14,7 @@ use crate::NAME;
 use crate::connection::{Connector, Routed};
 use crate::headers;
 use crate::options::RabbitOptions;
-use crate::subscriber::RabbitSubscription;
+use crate::subscriber;
 
 /// A [`Broker`] on RabbitMQ: topics are routing keys on a durable topic exchange, queue groups
 /// are durable queues, messages are persistent and confirmed. Clones share one connection.
@@ -103,8 +103,7 @@ impl Broker for RabbitBroker {
     ) -> Result<Box<dyn Subscription>> {
         validate_topic(topic)?;
         let subscription =
-            RabbitSubscription::start(self.connector.clone(), topic, options.queue, handler)
-                .await?;
+            subscriber::subscribe(self.connector.clone(), topic, options.queue, handler).await?;
         Ok(Box::new(subscription))
     }
 }

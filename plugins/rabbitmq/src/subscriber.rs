@@ -9,13 +9,11 @@
 //! acknowledged. After `max_attempts` runs the copy goes to the dead-letter exchange instead. If
 //! the copy cannot be published, the original is nacked with `requeue: true`: never dropped.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -23,7 +21,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Consumer};
-use micro_core::broker::{Handler, Subscription};
+use micro_core::broker::{Handler, TaskSubscription, deliver};
 use micro_core::{Error, Result};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -33,17 +31,6 @@ use tracing::{debug, info, warn};
 use crate::NAME;
 use crate::connection::{Connector, MAX_BACKOFF, MIN_BACKOFF, Routed, jitter, until_closed};
 use crate::headers::{self, short};
-
-/// Longest handler error kept on a dead letter.
-const MAX_REASON: usize = 1024;
-
-/// A live subscription; [`unsubscribe`](Subscription::unsubscribe) cancels the consumer and waits
-/// for running handlers.
-pub(crate) struct RabbitSubscription {
-    topic: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
 
 /// What every delivery of a subscription needs.
 struct Context {
@@ -71,67 +58,38 @@ enum End {
     Lost(String),
 }
 
-impl RabbitSubscription {
-    /// Declares and binds the queue and starts consuming before returning, so a message published
-    /// right after `subscribe` returns is delivered.
-    pub(crate) async fn start(
-        connector: Arc<Connector>,
-        topic: &str,
-        group: Option<String>,
-        handler: Handler,
-    ) -> Result<Self> {
-        let context = Arc::new(Context {
-            connector,
-            handler,
-            topic: topic.to_string(),
-            group,
-        });
-        let deadline = Instant::now() + context.connector.options.publish_timeout;
-        let consuming = match tokio::time::timeout_at(deadline, consume(&context)).await {
-            Ok(consuming) => consuming?,
-            Err(_) => {
-                return Err(Error::backend_msg(
-                    "broker",
-                    NAME,
-                    format!(
-                        "subscribe to {topic:?} on {}: no connection",
-                        context.connector.address
-                    ),
-                ));
-            }
-        };
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(context, consuming, stopped));
-        Ok(RabbitSubscription {
-            topic: topic.to_string(),
-            stop: Some(stop),
-            task: Some(task),
-        })
-    }
-}
-
-#[async_trait]
-impl Subscription for RabbitSubscription {
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    async fn unsubscribe(mut self: Box<Self>) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+/// Declares and binds the queue and starts consuming before returning, so a message published
+/// right after `subscribe` returns is delivered. Unsubscribing cancels the consumer and waits for
+/// running handlers.
+pub(crate) async fn subscribe(
+    connector: Arc<Connector>,
+    topic: &str,
+    group: Option<String>,
+    handler: Handler,
+) -> Result<TaskSubscription> {
+    let context = Arc::new(Context {
+        connector,
+        handler,
+        topic: topic.to_string(),
+        group,
+    });
+    let deadline = Instant::now() + context.connector.options.publish_timeout;
+    let consuming = match tokio::time::timeout_at(deadline, consume(&context)).await {
+        Ok(consuming) => consuming?,
+        Err(_) => {
+            return Err(Error::backend_msg(
+                "broker",
+                NAME,
+                format!(
+                    "subscribe to {topic:?} on {}: no connection",
+                    context.connector.address
+                ),
+            ));
         }
-        if let Some(task) = self.task.take() {
-            task.await.map_err(|err| {
-                Error::backend(
-                    "broker",
-                    NAME,
-                    format!("unsubscribe from {:?}", self.topic),
-                    err,
-                )
-            })?;
-        }
-        Ok(())
-    }
+    };
+    Ok(TaskSubscription::spawn(NAME, topic, |stopped| {
+        run(context, consuming, stopped)
+    }))
 }
 
 /// Declares the queue, binds it to the topic and starts a consumer, on a new channel.
@@ -305,7 +263,7 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
     } = delivery;
     let body = Bytes::from(data);
     let message = headers::message(&properties, body.clone());
-    let Err((reason, rejected)) = call(&context.handler, message).await else {
+    let Err(failure) = deliver(&context.handler, message).await else {
         if let Err(err) = acker.ack(BasicAckOptions::default()).await {
             debug!(topic = %context.topic, error = %err, "rabbitmq ack failed; the message will be redelivered");
         }
@@ -336,17 +294,10 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
     );
     let deadline = Instant::now() + settings.publish_timeout;
     // A rejected message (it cannot be decoded, say) would fail every time: dead-letter it now.
-    let dead = rejected || attempts >= settings.max_attempts;
+    let dead = failure.dead_letters(attempts, settings.max_attempts);
     let published = if dead {
-        warn!(%topic, %queue, attempts, %reason, "rabbitmq: handler gave up on a message; dead-lettering it");
-        let mut reason = reason;
-        if reason.len() > MAX_REASON {
-            let cut = (0..=MAX_REASON)
-                .rev()
-                .find(|&i| reason.is_char_boundary(i))
-                .unwrap_or(0);
-            reason.truncate(cut);
-        }
+        warn!(%topic, %queue, attempts, reason = %failure.reason, "rabbitmq: handler gave up on a message; dead-lettering it");
+        let reason = failure.header_reason();
         let properties = headers::with_header(
             &properties,
             headers::DEAD_QUEUE,
@@ -367,7 +318,7 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
             )
             .await
     } else {
-        debug!(%topic, %queue, attempts, %reason, "rabbitmq: handler failed; queueing the message again");
+        debug!(%topic, %queue, attempts, reason = %failure.reason, "rabbitmq: handler failed; queueing the message again");
         connector
             .publish("", &queue, &body, &properties, deadline)
             .await
@@ -398,31 +349,4 @@ async fn handle(context: Arc<Context>, queue: String, delivery: Delivery) {
             }
         }
     }
-}
-
-/// The handler's verdict: the error text and whether it was a
-/// [`Reject`](micro_core::broker::Reject); a panic, in the call or in the future, counts as an
-/// error to retry.
-async fn call(
-    handler: &Handler,
-    message: micro_core::broker::Message,
-) -> std::result::Result<(), (String, bool)> {
-    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message))) {
-        Ok(future) => future,
-        Err(panic) => return Err((panic_text(panic), false)),
-    };
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err((err.to_string(), micro_core::broker::is_rejection(&err))),
-        Err(panic) => Err((panic_text(panic), false)),
-    }
-}
-
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string());
-    format!("handler panicked: {text}")
 }

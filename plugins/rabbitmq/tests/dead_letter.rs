@@ -19,17 +19,9 @@ const GOOD: usize = 50;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_message_is_dead_lettered_after_max_attempts() {
-    let address = common::address();
-    let topic = common::unique("test.poison");
-    let queue = common::unique("test-poison");
-    // A dead-letter exchange and queue of this test's own, so what we find there is ours.
-    let dead_exchange = common::unique("test.dead-letter");
-    let dead_queue = common::unique("test-dead-letter");
-    let options = RabbitOptions::new(&address)
-        .with_max_attempts(ATTEMPTS)
-        .with_dead_letter_exchange(&dead_exchange)
-        .with_dead_letter_queue(Some(dead_queue.clone()));
-    let broker = common::broker(options.with_prefetch(1)).await;
+    let names = Names::new("poison");
+    let (topic, queue) = (names.topic.clone(), names.queue.clone());
+    let broker = common::broker(names.options(ATTEMPTS).with_prefetch(1)).await;
 
     let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let seen = runs.clone();
@@ -80,23 +72,8 @@ async fn poison_message_is_dead_lettered_after_max_attempts() {
     .await;
 
     // The dead letter: the original body and headers, the run count, the queue and the reason.
-    let (connection, channel) = common::raw_channel(&address).await;
-    let mut dead = None;
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    while dead.is_none() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "no dead letter within 30 s"
-        );
-        dead = channel
-            .basic_get(dead_queue.as_str().into(), BasicGetOptions::default())
-            .await
-            .expect("basic.get");
-        if dead.is_none() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let dead = dead.expect("dead letter").delivery;
+    let (connection, channel) = common::raw_channel(&names.address).await;
+    let dead = names.dead_letter(&channel).await;
     assert_eq!(dead.data, b"poison");
     assert_eq!(
         dead.routing_key.as_str(),
@@ -144,32 +121,18 @@ async fn poison_message_is_dead_lettered_after_max_attempts() {
         .collect();
     assert_eq!(good, BTreeSet::from([1]), "good messages ran once each");
 
-    subscription.unsubscribe().await.expect("unsubscribe");
-    broker.close().await;
-    tear_down(
-        &address,
-        connection,
-        &channel,
-        &dead_exchange,
-        &[&queue, &dead_queue],
-    )
-    .await;
+    names
+        .tear_down(subscription, broker, connection, &channel)
+        .await;
 }
 
 /// A typed subscriber rejects a message that does not decode: it is dead-lettered after one
 /// run, not retried `max_attempts` times.
 #[tokio::test(flavor = "multi_thread")]
 async fn undecodable_typed_message_is_dead_lettered_at_once() {
-    let address = common::address();
-    let topic = common::unique("test.undecodable");
-    let queue = common::unique("test-undecodable");
-    let dead_exchange = common::unique("test.dead-letter");
-    let dead_queue = common::unique("test-dead-letter");
-    let options = RabbitOptions::new(&address)
-        .with_max_attempts(5)
-        .with_dead_letter_exchange(&dead_exchange)
-        .with_dead_letter_queue(Some(dead_queue.clone()));
-    let broker = common::broker(options).await;
+    let names = Names::new("undecodable");
+    let (topic, queue) = (names.topic.clone(), names.queue.clone());
+    let broker = common::broker(names.options(5)).await;
     let decoded: Arc<Mutex<Vec<i64>>> = Arc::default();
     let sink = decoded.clone();
     let typed = micro_core::broker::typed(move |value: prost_types::Duration, _| {
@@ -199,22 +162,8 @@ async fn undecodable_typed_message_is_dead_lettered_at_once() {
         .await
         .expect("publish typed");
 
-    let (connection, channel) = common::raw_channel(&address).await;
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "no dead letter within 30 s"
-        );
-        if let Some(dead) = channel
-            .basic_get(dead_queue.as_str().into(), BasicGetOptions::default())
-            .await
-            .expect("basic.get")
-        {
-            break dead.delivery;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (connection, channel) = common::raw_channel(&names.address).await;
+    let dead = names.dead_letter(&channel).await;
     assert_eq!(dead.data, vec![0xff, 0xff, 0xff]);
     let headers = dead.properties.headers().clone().expect("headers");
     assert_eq!(
@@ -237,29 +186,78 @@ async fn undecodable_typed_message_is_dead_lettered_at_once() {
     )
     .await;
 
-    subscription.unsubscribe().await.expect("unsubscribe");
-    broker.close().await;
-    tear_down(
-        &address,
-        connection,
-        &channel,
-        &dead_exchange,
-        &[&queue, &dead_queue],
-    )
-    .await;
+    names
+        .tear_down(subscription, broker, connection, &channel)
+        .await;
 }
 
-/// Deletes what a test declared: its dead-letter exchange and queues.
-async fn tear_down(
-    address: &str,
-    connection: lapin::Connection,
-    channel: &lapin::Channel,
-    dead_exchange: &str,
-    queues: &[&str],
-) {
-    let _ = channel
-        .exchange_delete(dead_exchange.into(), ExchangeDeleteOptions::default())
-        .await;
-    let _ = connection.close(200, "done".into()).await;
-    common::delete_queues(address, queues).await;
+/// A test's own topic, queue, and dead-letter exchange and queue, so what it finds there is
+/// its own.
+struct Names {
+    address: String,
+    topic: String,
+    queue: String,
+    dead_exchange: String,
+    dead_queue: String,
+}
+
+impl Names {
+    fn new(what: &str) -> Self {
+        Names {
+            address: common::address(),
+            topic: common::unique(&format!("test.{what}")),
+            queue: common::unique(&format!("test-{what}")),
+            dead_exchange: common::unique("test.dead-letter"),
+            dead_queue: common::unique("test-dead-letter"),
+        }
+    }
+
+    /// Options dead-lettering into this test's own exchange and queue after `max_attempts`.
+    fn options(&self, max_attempts: u32) -> RabbitOptions {
+        RabbitOptions::new(&self.address)
+            .with_max_attempts(max_attempts)
+            .with_dead_letter_exchange(&self.dead_exchange)
+            .with_dead_letter_queue(Some(self.dead_queue.clone()))
+    }
+
+    /// The next dead letter, taken from the dead-letter queue on `channel` (unacknowledged)
+    /// within 30 s.
+    async fn dead_letter(&self, channel: &lapin::Channel) -> lapin::message::Delivery {
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "no dead letter within 30 s"
+            );
+            if let Some(dead) = channel
+                .basic_get(self.dead_queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .expect("basic.get")
+            {
+                return dead.delivery;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Unsubscribes, closes the broker, and deletes what the test declared: its dead-letter
+    /// exchange and queues.
+    async fn tear_down(
+        self,
+        subscription: Box<dyn micro_core::broker::Subscription>,
+        broker: micro_rabbitmq::RabbitBroker,
+        connection: lapin::Connection,
+        channel: &lapin::Channel,
+    ) {
+        subscription.unsubscribe().await.expect("unsubscribe");
+        broker.close().await;
+        let _ = channel
+            .exchange_delete(
+                self.dead_exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = connection.close(200, "done".into()).await;
+        common::delete_queues(&self.address, &[&self.queue, &self.dead_queue]).await;
+    }
 }

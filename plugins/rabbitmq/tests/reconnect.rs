@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Checker, id_of};
 use micro_core::Broker;
 use micro_core::broker::{Message, SubscribeOptions, handler};
 use micro_rabbitmq::RabbitOptions;
+use micro_testkit::checker::{Checker, id_of};
 use micro_testkit::eventually;
 
 /// Messages confirmed after `rabbitmqctl` returned before the publishers stop.

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Counting, Tracked, address, store};
+use common::{Counting, Tracked, address, store, tracked};
 use micro_core::Store;
 use micro_core::conformance::unique;
 use micro_core::store::{Cache, Eviction, Namespace, Query, Record};
@@ -120,7 +120,7 @@ type Stack = Cache<Counting<Tracked<RedisStore>>>;
 
 /// A cache over a counting store over Redis, with `KEYS` records written straight to Redis.
 async fn stack(eviction: Eviction, ns: &Namespace, jitter: bool) -> Stack {
-    let mut inner = Counting::new(Tracked::new(store().await, &address()));
+    let mut inner = Counting::new(tracked(store().await, &address()));
     if jitter {
         inner = inner.with_jitter();
     }

@@ -13,7 +13,7 @@ use micro_memory::MemoryStore;
 use micro_redis::RedisStore;
 
 async fn tracked() -> Tracked<RedisStore> {
-    Tracked::new(store().await, &address())
+    common::tracked(store().await, &address())
 }
 
 mod redis_store {

@@ -7,36 +7,27 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{PrivateRedis, Tracked, address, raw, store};
+use common::{PrivateRedis, address, raw, store, tracked};
 use micro_core::conformance::{PROMPT, eventually, unique};
 use micro_core::store::{Namespace, Query, Record};
 use micro_core::{Catalog, Error, Options, Store};
 use micro_redis::{RedisStore, key_prefix};
+use micro_testkit::{error_naming, prompt_error};
 
 #[tokio::test]
 async fn unreachable_or_bad_addresses_are_prompt_errors_naming_them() {
-    let started = Instant::now();
-    let err = RedisStore::connect("127.0.0.1:1")
-        .await
-        .expect_err("nothing listens on port 1");
-    assert!(
-        err.to_string().contains("127.0.0.1:1"),
-        "names the address: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    prompt_error(
+        Duration::from_secs(5),
+        &["127.0.0.1:1"],
+        RedisStore::connect("127.0.0.1:1"),
+    )
+    .await;
 
-    let err = RedisStore::connect("redis://:hunter2@127.0.0.1:1/3")
-        .await
-        .expect_err("unreachable");
-    let text = err.to_string();
-    assert!(
-        text.contains("127.0.0.1:1/3"),
-        "names address and database: {text}"
-    );
+    let text = error_naming(
+        &["127.0.0.1:1/3"],
+        RedisStore::connect("redis://:hunter2@127.0.0.1:1/3"),
+    )
+    .await;
     assert!(!text.contains("hunter2"), "never the password: {text}");
 
     let err = RedisStore::connect("http://:hunter2@example.com")
@@ -70,7 +61,7 @@ async fn the_catalog_builds_it_at_the_store_address() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ttls_are_redis_ttls() {
-    let store = Tracked::new(store().await, &address());
+    let store = tracked(store().await, &address());
     let ns = Namespace::new(unique("redis-ttl"), "t");
     let ttl = Duration::from_millis(1500);
     store
@@ -121,7 +112,7 @@ async fn ttls_are_redis_ttls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_with_colons_and_glob_characters_stay_apart() {
-    let store = Tracked::new(store().await, &address());
+    let store = tracked(store().await, &address());
     let db = unique("redis-keys");
     let (plain, colon_table, colon_db) = (
         Namespace::new(&db, "b"),
@@ -232,7 +223,7 @@ async fn a_value_written_behind_its_back_is_an_error_naming_the_key() {
 /// connection, without an error.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_connection_is_replaced() {
-    let store = Tracked::new(store().await, &address());
+    let store = tracked(store().await, &address());
     let ns = Namespace::new(unique("redis-kill"), "t");
     let exact = Query::default().in_namespace(ns.clone());
     store
@@ -305,7 +296,7 @@ async fn a_redis_restart_is_survived() {
         assert!(matches!(err, Error::Backend { .. }), "{err:?}");
     }
 
-    server.resume(); // empty: no persistence
+    server.restart(); // empty: no persistence
     let read = store.read("k", &exact).await;
     assert!(
         matches!(read, Err(Error::NotFound(_))),

@@ -11,7 +11,7 @@ use micro_core::registry::{Node, Service};
 use serde::Deserialize;
 
 use super::{MICRO_TAG, RECORD_TAG_PREFIX, VERSION_META, join_address};
-use crate::http::{ConsulHttp, blocking_timeout, encode_path, go_duration, next_index};
+use crate::http::{ConsulHttp, encode_path};
 
 /// One entry of `/v1/health/service/<name>` (health API docs, "List Service Instances for
 /// Service"): `{Node, Service, Checks}`.
@@ -105,14 +105,8 @@ pub(super) async fn instances(
     index: u64,
     wait: Duration,
 ) -> Result<(BTreeMap<String, Service>, u64)> {
-    let mut path = format!("/v1/health/service/{}?passing", encode_path(name));
-    let timeout = if index > 0 {
-        path.push_str(&format!("&index={index}&wait={}", go_duration(wait)));
-        Some(blocking_timeout(wait))
-    } else {
-        None
-    };
-    let reply = http.call(Method::GET, &path, None, timeout).await?;
+    let path = format!("/v1/health/service/{}?passing", encode_path(name));
+    let (path, reply, next) = http.get_blocking(&path, index, wait).await?;
     let reply = http.ensure_ok(&Method::GET, &path, reply)?;
     let entries: Vec<HealthEntry> = http.decode(&path, &reply)?;
     let records = entries
@@ -121,7 +115,7 @@ pub(super) async fn instances(
         .filter_map(record_of)
         .map(|r| (r.nodes[0].id.clone(), r))
         .collect();
-    Ok((records, next_index(index, reply.index)))
+    Ok((records, next))
 }
 
 pub(super) async fn micro_names(
@@ -129,14 +123,9 @@ pub(super) async fn micro_names(
     index: u64,
     wait: Duration,
 ) -> Result<(Vec<String>, u64)> {
-    let mut path = "/v1/catalog/services".to_string();
-    let timeout = if index > 0 {
-        path.push_str(&format!("?index={index}&wait={}", go_duration(wait)));
-        Some(blocking_timeout(wait))
-    } else {
-        None
-    };
-    let reply = http.call(Method::GET, &path, None, timeout).await?;
+    let (path, reply, next) = http
+        .get_blocking("/v1/catalog/services", index, wait)
+        .await?;
     let reply = http.ensure_ok(&Method::GET, &path, reply)?;
     let services: BTreeMap<String, Option<Vec<String>>> = http.decode(&path, &reply)?;
     let names = services
@@ -144,5 +133,5 @@ pub(super) async fn micro_names(
         .filter(|(_, tags)| tags.iter().flatten().any(|t| t == MICRO_TAG))
         .map(|(name, _)| name)
         .collect();
-    Ok((names, next_index(index, reply.index)))
+    Ok((names, next))
 }

@@ -6,14 +6,8 @@
 pub mod server;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
-use micro_core::Result;
-use micro_core::config::{Config, ConfigWatcher};
-use micro_core::registry::{Registry, Service, Watcher};
-use micro_core::store::{Namespace, Query, Record, Store};
-use serde_json::Value;
+use micro_testkit::Wrapped;
 
 /// The NATS under test: `MICRO_NATS_ADDRESS`, else the one `scripts/setup` starts.
 pub fn address() -> String {
@@ -81,6 +75,17 @@ pub async fn subscribe_synced(
     subscriber
 }
 
+/// The KV bucket `name` through a plain NATS client, behind the plugins' backs.
+pub async fn raw_bucket(name: &str) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(address().as_str())
+        .await
+        .expect("connect");
+    async_nats::jetstream::new(client)
+        .get_key_value(name)
+        .await
+        .unwrap_or_else(|e| panic!("bucket {name}: {e}"))
+}
+
 /// Whether a stream named `name` exists.
 pub async fn stream_exists(address: &str, name: &str) -> bool {
     let client = async_nats::connect(address).await.expect("connect");
@@ -91,87 +96,12 @@ pub async fn stream_exists(address: &str, name: &str) -> bool {
 }
 
 /// A plugin value that deletes the streams starting with `prefix` when dropped.
-pub struct Cleaned<T> {
-    pub inner: T,
-    address: String,
-    prefix: String,
-}
+pub type Cleaned<T> = Wrapped<T>;
 
-impl<T> Cleaned<T> {
-    /// `inner`, whose streams all start with `prefix`.
-    pub fn new(inner: T, prefix: impl Into<String>) -> Self {
-        Cleaned {
-            inner,
-            address: address(),
-            prefix: prefix.into(),
-        }
-    }
-}
-
-impl<T> Drop for Cleaned<T> {
-    fn drop(&mut self) {
-        delete_streams(&self.address, &self.prefix);
-    }
-}
-
-#[async_trait]
-impl<T: Registry> Registry for Cleaned<T> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn register(&self, service: &Service, ttl: Duration) -> Result<()> {
-        self.inner.register(service, ttl).await
-    }
-    async fn deregister(&self, service: &Service) -> Result<()> {
-        self.inner.deregister(service).await
-    }
-    async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
-        self.inner.get_service(name).await
-    }
-    async fn list_services(&self) -> Result<Vec<Service>> {
-        self.inner.list_services().await
-    }
-    async fn watch(&self, service: Option<&str>) -> Result<Watcher> {
-        self.inner.watch(service).await
-    }
-}
-
-#[async_trait]
-impl<T: Store> Store for Cleaned<T> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn read(&self, key: &str, query: &Query) -> Result<Vec<Record>> {
-        self.inner.read(key, query).await
-    }
-    async fn write(&self, record: Record, namespace: &Namespace) -> Result<()> {
-        self.inner.write(record, namespace).await
-    }
-    async fn delete(&self, key: &str, namespace: &Namespace) -> Result<()> {
-        self.inner.delete(key, namespace).await
-    }
-    async fn list(&self, prefix: &str, query: &Query) -> Result<Vec<String>> {
-        self.inner.list(prefix, query).await
-    }
-}
-
-#[async_trait]
-impl<T: Config> Config for Cleaned<T> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn get(&self, path: &str) -> Result<Option<Value>> {
-        self.inner.get(path).await
-    }
-    async fn set(&self, path: &str, value: Value) -> Result<()> {
-        self.inner.set(path, value).await
-    }
-    async fn delete(&self, path: &str) -> Result<()> {
-        self.inner.delete(path).await
-    }
-    async fn watch(&self, path: &str) -> Result<ConfigWatcher> {
-        self.inner.watch(path).await
-    }
+/// `inner`, whose streams all start with `prefix`, deleted when it is dropped.
+pub fn cleaned<T>(inner: T, prefix: impl Into<String>) -> Cleaned<T> {
+    let (address, prefix) = (address(), prefix.into());
+    Wrapped::new(inner).on_drop(move || delete_streams(&address, &prefix))
 }
 
 /// A bucket name no other test run uses.
@@ -185,7 +115,7 @@ pub async fn registry(bucket: &str) -> Arc<Cleaned<micro_nats::NatsRegistry>> {
     let registry = micro_nats::NatsRegistry::connect_with_bucket(&address(), bucket)
         .await
         .expect("nats registry (run scripts/setup)");
-    Arc::new(Cleaned::new(registry, format!("KV_{bucket}")))
+    Arc::new(cleaned(registry, format!("KV_{bucket}")))
 }
 
 /// A store whose buckets start with `prefix`, deleted when dropped.
@@ -194,7 +124,7 @@ pub async fn store(prefix: &str) -> Arc<Cleaned<micro_nats::NatsStore>> {
         .await
         .expect("nats store (run scripts/setup)")
         .with_bucket_prefix(prefix);
-    Arc::new(Cleaned::new(store, format!("KV_{prefix}")))
+    Arc::new(cleaned(store, format!("KV_{prefix}")))
 }
 
 /// A config in a bucket of its own, deleted when dropped.
@@ -202,5 +132,5 @@ pub async fn config(bucket: &str) -> Arc<Cleaned<micro_nats::NatsConfig>> {
     let config = micro_nats::NatsConfig::connect_with_bucket(&address(), bucket)
         .await
         .expect("nats config (run scripts/setup)");
-    Arc::new(Cleaned::new(config, format!("KV_{bucket}")))
+    Arc::new(cleaned(config, format!("KV_{bucket}")))
 }

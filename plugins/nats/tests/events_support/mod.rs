@@ -4,10 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod doomed;
+#[path = "../common/server.rs"]
 pub mod server;
-
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 
 use micro_core::events::dead_letter_topic;
 use micro_nats::NatsEvents;
@@ -114,111 +112,4 @@ pub async fn stream_exists(events: &NatsEvents, name: &str) -> bool {
         .get_stream(name)
         .await
         .is_ok()
-}
-
-/// Counts like Jepsen's queue checker: ids confirmed to the publisher against what consumers
-/// handled, by member.
-#[derive(Clone, Default)]
-pub struct Checker {
-    confirmed: Arc<Mutex<BTreeSet<u64>>>,
-    /// Per id, the members that handled it (one entry per handling).
-    consumed: Arc<Mutex<HashMap<u64, Vec<usize>>>>,
-}
-
-impl Checker {
-    pub fn confirmed(&self, id: u64) {
-        self.confirmed.lock().expect("lock").insert(id);
-    }
-
-    pub fn consumed(&self, id: u64, member: usize) {
-        self.consumed
-            .lock()
-            .expect("lock")
-            .entry(id)
-            .or_default()
-            .push(member);
-    }
-
-    pub fn confirmed_count(&self) -> usize {
-        self.confirmed.lock().expect("lock").len()
-    }
-
-    /// How many confirmed ids have been handled at least once.
-    pub fn settled(&self) -> usize {
-        let consumed = self.consumed.lock().expect("lock");
-        self.confirmed
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|id| consumed.contains_key(id))
-            .count()
-    }
-
-    pub fn per_member(&self, member: usize) -> usize {
-        self.consumed
-            .lock()
-            .expect("lock")
-            .values()
-            .flatten()
-            .filter(|&&m| m == member)
-            .count()
-    }
-
-    pub fn members_of(&self, id: u64) -> Vec<usize> {
-        self.consumed
-            .lock()
-            .expect("lock")
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Confirmed ids never handled.
-    pub fn lost(&self) -> Vec<u64> {
-        let consumed = self.consumed.lock().expect("lock");
-        self.confirmed
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|id| !consumed.contains_key(id))
-            .copied()
-            .collect()
-    }
-
-    /// Handled ids that are not in `published`.
-    pub fn unexpected(&self, published: &BTreeSet<u64>) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
-            .consumed
-            .lock()
-            .expect("lock")
-            .keys()
-            .filter(|id| !published.contains(id))
-            .copied()
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    /// Ids handled more than once, with who handled them.
-    pub fn duplicates(&self) -> Vec<(u64, Vec<usize>)> {
-        let mut duplicates: Vec<_> = self
-            .consumed
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(_, members)| members.len() > 1)
-            .map(|(id, members)| (*id, members.clone()))
-            .collect();
-        duplicates.sort();
-        duplicates
-    }
-}
-
-/// The id a test event carries in its payload (`id:<n>`).
-pub fn id_of(payload: &[u8]) -> Option<u64> {
-    std::str::from_utf8(payload)
-        .ok()?
-        .strip_prefix("id:")?
-        .parse()
-        .ok()
 }

@@ -4,16 +4,18 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::ops::{Deref, DerefMut};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use micro_core::Result;
 use micro_core::Store;
 use micro_core::store::{Namespace, Query, Record};
 use micro_redis::{RedisStore, key_prefix};
+use micro_testkit::{PrivateServer, Wrapped};
 
 /// The Redis the tests use: `MICRO_REDIS_ADDRESS`, or 127.0.0.1:6379.
 pub fn address() -> String {
@@ -36,70 +38,44 @@ pub fn raw(address: &str) -> redis::Connection {
 
 /// A store that remembers every key written through it and deletes them from Redis when
 /// dropped (also when a test panics), so tests leave nothing behind on the shared Redis.
-pub struct Tracked<S> {
-    pub inner: S,
-    address: String,
-    written: Mutex<BTreeSet<String>>,
+pub type Tracked<S> = Wrapped<S>;
+
+/// `inner` on the Redis at `address`, tracked: see [`Tracked`].
+pub fn tracked<S>(inner: S, address: &str) -> Tracked<S> {
+    let written: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let record = written.clone();
+    let address = address.to_string();
+    Wrapped::new(inner)
+        .on_write(move |written: &Record, namespace: &Namespace| {
+            if let Ok(prefix) = key_prefix(namespace) {
+                let mut keys = record.lock().unwrap_or_else(|p| p.into_inner());
+                keys.insert(format!("{prefix}{}", written.key));
+            }
+        })
+        .on_drop(move || {
+            let keys = std::mem::take(&mut *written.lock().unwrap_or_else(|p| p.into_inner()));
+            remove_keys(&address, &keys);
+        })
 }
 
-impl<S> Tracked<S> {
-    pub fn new(inner: S, address: &str) -> Self {
-        Tracked {
-            inner,
-            address: address.to_string(),
-            written: Mutex::new(BTreeSet::new()),
-        }
+/// Deletes `keys` from the Redis at `address`, blocking (a few keys, a few milliseconds);
+/// reports rather than fails when it cannot.
+fn remove_keys(address: &str, keys: &BTreeSet<String>) {
+    if keys.is_empty() {
+        return;
     }
-}
-
-impl<S> Drop for Tracked<S> {
-    fn drop(&mut self) {
-        let keys = std::mem::take(&mut *self.written.lock().unwrap_or_else(|p| p.into_inner()));
-        if keys.is_empty() {
-            return;
-        }
-        // Blocking, on whatever thread drops it: a few keys, a few milliseconds.
-        let removed = redis::Client::open(self.address.as_str())
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| {
-                redis::cmd("DEL")
-                    .arg(keys.iter().collect::<Vec<_>>())
-                    .query::<i64>(&mut c)
-            });
-        if let Err(e) = removed {
-            eprintln!(
-                "could not remove {} test keys from {}: {e}",
-                keys.len(),
-                self.address
-            );
-        }
-    }
-}
-
-#[async_trait]
-impl<S: Store> Store for Tracked<S> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    async fn read(&self, key: &str, query: &Query) -> Result<Vec<Record>> {
-        self.inner.read(key, query).await
-    }
-
-    async fn write(&self, record: Record, namespace: &Namespace) -> Result<()> {
-        if let Ok(prefix) = key_prefix(namespace) {
-            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-            written.insert(format!("{prefix}{}", record.key));
-        }
-        self.inner.write(record, namespace).await
-    }
-
-    async fn delete(&self, key: &str, namespace: &Namespace) -> Result<()> {
-        self.inner.delete(key, namespace).await
-    }
-
-    async fn list(&self, prefix: &str, query: &Query) -> Result<Vec<String>> {
-        self.inner.list(prefix, query).await
+    let removed = redis::Client::open(address)
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| {
+            redis::cmd("DEL")
+                .arg(keys.iter().collect::<Vec<_>>())
+                .query::<i64>(&mut c)
+        });
+    if let Err(e) = removed {
+        eprintln!(
+            "could not remove {} test keys from {address}: {e}",
+            keys.len()
+        );
     }
 }
 
@@ -164,67 +140,50 @@ impl<S: Store> Store for Counting<S> {
 }
 
 /// A `redis-server` of a test's own on a free port, without persistence, killed when dropped.
+/// Kill and restart are [`PrivateServer`]'s.
 #[derive(Debug)]
 pub struct PrivateRedis {
-    pub port: u16,
+    /// `redis://127.0.0.1:<port>`.
     pub address: String,
-    process: Option<Child>,
+    server: PrivateServer,
 }
 
 impl PrivateRedis {
     /// Starts one on a free port and waits until it answers.
     pub fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut redis = PrivateRedis {
-            port,
-            address: format!("redis://127.0.0.1:{port}"),
-            process: None,
+        let command = |port: u16, _: &std::path::Path| {
+            let mut command = Command::new("redis-server");
+            command
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"]);
+            command
         };
-        redis.resume();
-        redis
-    }
-
-    /// Kills it (SIGKILL: no goodbye to clients).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port, and waits until it answers.
-    pub fn resume(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (apt-get install redis-server)");
-        self.process = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pong = redis::Client::open(self.address.as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "private redis on {} does not answer",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let server = PrivateServer::start("redis-server", Duration::from_secs(10), command, pong);
+        PrivateRedis {
+            address: format!("redis://127.0.0.1:{}", server.port),
+            server,
         }
     }
 }
 
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
+/// Whether the Redis on `port` answers `PING`.
+fn pong(port: u16) -> bool {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok()
+}
+
+impl Deref for PrivateRedis {
+    type Target = PrivateServer;
+
+    fn deref(&self) -> &PrivateServer {
+        &self.server
+    }
+}
+
+impl DerefMut for PrivateRedis {
+    fn deref_mut(&mut self) -> &mut PrivateServer {
+        &mut self.server
     }
 }

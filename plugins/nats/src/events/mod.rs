@@ -44,31 +44,37 @@
 //!   [`NatsEvents::with_publish_timeout`] (default 30 s), with the same `Nats-Msg-Id`, so a retry
 //!   never stores an event twice. A consumer rides out reconnections; what goes wrong meanwhile
 //!   is an `Err` item and the stream goes on; it ends when its consumer is deleted.
+//!
+//! [`Offset`]: micro_core::events::Offset
+//! [`Delivery::ack`]: micro_core::events::Delivery::ack
+//! [`Delivery::nack`]: micro_core::events::Delivery::nack
+//! [`dead_letter_topic`]: micro_core::events::dead_letter_topic
+
+mod consume;
+mod names;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::consumer::FromConsumer;
-use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+use async_nats::jetstream;
 use async_nats::jetstream::context::{GetStreamErrorKind, Publish, PublishErrorKind};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self, AckKind};
-use async_nats::{HeaderMap, HeaderValue, Subject};
+use async_nats::{HeaderMap, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use micro_core::broker::validate_topic;
-use micro_core::events::{
-    Acknowledger, ConsumeOptions, DEAD_LETTER_SUFFIX, Delivery, Event, EventStream, Events, Offset,
-    dead_letter_metadata, dead_letter_topic, validate_group,
-};
+use micro_core::events::{ConsumeOptions, Event, EventStream, Events, Metadata, validate_consume};
 use micro_core::{Error, Result};
 
 use crate::NAME;
 use crate::conn::Conn;
+use consume::{EphemeralConsumer, Pump};
+use names::{encode_key, encode_value, escape_name, new_id};
 
 const COMPONENT: &str = "events";
 /// Starts every stream name.
@@ -448,217 +454,6 @@ impl NatsEvents {
             }
         }
     }
-
-    /// The pull consumer for `options` on `stream`: the group's durable (created, or updated
-    /// to the options' `ack_wait` and `max_deliveries`), or a new ephemeral.
-    async fn consumer(
-        &self,
-        topic: &str,
-        stream: &stream::Stream,
-        options: &ConsumeOptions,
-    ) -> Result<jetstream::consumer::PullConsumer> {
-        let stream_name = Self::stream_name(topic);
-        let max_deliver = i64::from(options.max_deliveries.max(1)) + 1;
-        let durable = options.group.as_deref().map(Self::durable_name);
-        let config = pull::Config {
-            durable_name: durable.clone(),
-            description: Some(match &options.group {
-                Some(group) => format!("micro events group {group} of topic {topic}"),
-                None => format!("micro events consumer of topic {topic}"),
-            }),
-            deliver_policy: deliver_policy(options.offset),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: options.ack_wait,
-            max_deliver,
-            inactive_threshold: if durable.is_some() {
-                Duration::ZERO
-            } else {
-                EPHEMERAL_INACTIVE
-            },
-            ..Default::default()
-        };
-        let Some(durable) = durable else {
-            return stream.create_consumer(config).await.map_err(|err| {
-                self.err(
-                    format!("create a consumer on stream {stream_name} of topic {topic:?}"),
-                    err,
-                )
-            });
-        };
-        let group = options.group.as_deref().unwrap_or_default();
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(&durable, config)
-            .await
-            .map_err(|err| {
-                self.err(
-                    format!("create consumer {durable} of group {group:?} on stream {stream_name}"),
-                    err,
-                )
-            })?;
-        let current = &consumer.cached_info().config;
-        if current.ack_wait == options.ack_wait && current.max_deliver == max_deliver {
-            return Ok(consumer);
-        }
-        let mut updated = pull::Config {
-            ack_wait: options.ack_wait,
-            max_deliver,
-            ..pull::Config::try_from_consumer_config(current.clone()).map_err(|err| {
-                self.err(format!("read consumer {durable} of group {group:?}"), err)
-            })?
-        };
-        updated.durable_name = Some(durable.clone());
-        // JetStream 2.9 updates a consumer that is created again with changed settings.
-        match stream.create_consumer(updated).await {
-            Ok(consumer) => {
-                tracing::debug!(%topic, %group, "nats events: group consumer updated");
-                Ok(consumer)
-            }
-            Err(err) => {
-                tracing::warn!(
-                    %topic, %group, error = %err,
-                    "nats events: cannot update the group's ack_wait and max_deliveries; keeping its settings"
-                );
-                Ok(consumer)
-            }
-        }
-    }
-
-    /// Reads one JetStream message as an event of `topic`.
-    fn decode(topic: &str, message: &jetstream::Message) -> Result<(Event, u32)> {
-        let info = message.info().map_err(|err| Error::Decode {
-            what: format!("JetStream metadata of a message of topic {topic:?}"),
-            message: err.to_string(),
-        })?;
-        let mut id = None;
-        let mut metadata = BTreeMap::new();
-        if let Some(headers) = &message.headers {
-            for (name, values) in headers.iter() {
-                let name: &str = name.as_ref();
-                let Some(value) = values.last() else { continue };
-                if name == ID_HEADER {
-                    id = Some(value.as_str().to_string());
-                } else if let Some(key) = name.strip_prefix(METADATA_HEADER) {
-                    metadata.insert(decode_percent(key), decode_percent(value.as_str()));
-                }
-            }
-        }
-        let sequence = info.stream_sequence;
-        let event = Event {
-            id: id.unwrap_or_else(|| format!("{}-{sequence}", info.stream)),
-            topic: topic.to_string(),
-            sequence,
-            timestamp: info.published.into(),
-            metadata,
-            payload: message.payload.clone(),
-        };
-        let deliveries = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
-        Ok((event, deliveries))
-    }
-}
-
-fn deliver_policy(offset: Offset) -> DeliverPolicy {
-    match offset {
-        Offset::Latest => DeliverPolicy::New,
-        Offset::Earliest | Offset::Sequence(0) => DeliverPolicy::All,
-        Offset::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-        Offset::Time(time) => DeliverPolicy::ByStartTime {
-            start_time: time.into(),
-        },
-    }
-}
-
-/// `prefix` and `name` with every byte other than an ASCII letter, digit or `-` as `_XX`;
-/// cut, with `_00` and a hash of `name`, past [`MAX_NAME_LEN`].
-fn escape_name(prefix: &str, name: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + name.len());
-    out.push_str(prefix);
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'-' {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("_{byte:02X}"));
-        }
-    }
-    if out.len() > MAX_NAME_LEN {
-        // `_00` never comes out of the escaping above (NUL is not allowed in names).
-        let hash = format!("_00{:016x}", fnv1a(name.as_bytes()));
-        out.truncate(MAX_NAME_LEN - hash.len());
-        out.push_str(&hash);
-    }
-    out
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// A metadata key as a header name: printable ASCII but `:` and `%` as they are, the rest
-/// percent-encoded.
-fn encode_key(key: &str) -> String {
-    percent_encode(key, |_, b| {
-        (33..=126).contains(&b) && b != b':' && b != b'%'
-    })
-}
-
-/// A metadata value as a header value: `%`, control characters and spaces at either end
-/// (which NATS trims) percent-encoded.
-fn encode_value(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let lead = bytes.iter().take_while(|b| **b == b' ').count();
-    let trail = bytes.len() - bytes.iter().rev().take_while(|b| **b == b' ').count();
-    percent_encode(value, |at, b| {
-        b != b'%' && b >= 0x20 && b != 0x7f && !(b == b' ' && (at < lead || at >= trail))
-    })
-}
-
-/// `text` with the bytes `keep` refuses percent-encoded, and the `N` of every `Nats-` too:
-/// the server finds its headers (`Nats-Msg-Id`) by searching the header block for the name, and
-/// the name inside another header would hide the real one.
-fn percent_encode(text: &str, keep: impl Fn(usize, u8) -> bool) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(text.len());
-    for (at, &byte) in bytes.iter().enumerate() {
-        if keep(at, byte) && !bytes[at..].starts_with(b"Nats-") {
-            out.push(byte);
-        } else {
-            out.extend_from_slice(format!("%{byte:02X}").as_bytes());
-        }
-    }
-    // Kept bytes are whole characters (keys keep only ASCII, values every non-ASCII byte).
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Undoes [`encode_key`] and [`encode_value`]; a `%` not followed by two hex digits stays.
-fn decode_percent(text: &str) -> String {
-    if !text.contains('%') {
-        return text.to_string();
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let hex = bytes
-            .get(at + 1..at + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[at], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                at += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                at += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn new_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
 #[async_trait]
@@ -667,21 +462,13 @@ impl Events for NatsEvents {
         NAME
     }
 
-    async fn publish(
-        &self,
-        topic: &str,
-        payload: Bytes,
-        metadata: BTreeMap<String, String>,
-    ) -> Result<Event> {
+    async fn publish(&self, topic: &str, payload: Bytes, metadata: Metadata) -> Result<Event> {
         validate_topic(topic)?;
         self.append(topic, new_id(), payload, metadata).await
     }
 
     async fn consume(&self, topic: &str, options: ConsumeOptions) -> Result<EventStream> {
-        validate_topic(topic)?;
-        if let Some(group) = &options.group {
-            validate_group(group)?;
-        }
+        validate_consume(topic, &options)?;
         let mut stream = self.stream(topic).await?;
         let consumer = match self.consumer(topic, &stream, &options).await {
             Ok(consumer) => consumer,
@@ -739,260 +526,5 @@ impl Events for NatsEvents {
             Some((item, pump))
         })
         .boxed())
-    }
-}
-
-/// Deletes an ephemeral consumer when its event stream is dropped.
-struct EphemeralConsumer {
-    stream: stream::Stream,
-    name: String,
-}
-
-impl Drop for EphemeralConsumer {
-    fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the server deletes it once inactive
-        };
-        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
-        runtime.spawn(async move {
-            if let Err(err) = stream.delete_consumer(&name).await {
-                tracing::debug!(consumer = %name, error = %err, "nats events: ephemeral consumer not deleted");
-            }
-        });
-    }
-}
-
-/// Turns the messages of one pull consumer into deliveries.
-struct Pump {
-    events: NatsEvents,
-    topic: String,
-    messages: pull::Stream,
-    max_deliveries: u32,
-    auto_ack: bool,
-    _ephemeral: Option<EphemeralConsumer>,
-}
-
-impl Pump {
-    /// The next delivery or error; `None` when the consumer is gone.
-    async fn next(&mut self) -> Option<Result<Delivery>> {
-        loop {
-            let message = match self.messages.next().await? {
-                Ok(message) => message,
-                Err(err) if err.kind() == MessagesErrorKind::MissingHeartbeat => continue,
-                Err(err) => {
-                    tracing::debug!(topic = %self.topic, error = %err, "nats events: pull failed");
-                    return Some(Err(self
-                        .events
-                        .err(format!("consume topic {:?}", self.topic), err)));
-                }
-            };
-            match self.deliver(message).await {
-                Ok(Some(delivery)) => return Some(Ok(delivery)),
-                Ok(None) => continue,
-                Err(err) => return Some(Err(err)),
-            }
-        }
-    }
-
-    async fn deliver(&self, message: jetstream::Message) -> Result<Option<Delivery>> {
-        let (event, deliveries) = NatsEvents::decode(&self.topic, &message)?;
-        let Some(reply) = message.reply.clone() else {
-            return Err(self.events.err_msg(format!(
-                "event {} of topic {:?} came without an ack subject",
-                event.id, self.topic
-            )));
-        };
-        let settle = Settle {
-            events: self.events.clone(),
-            reply,
-            topic: self.topic.clone(),
-            sequence: event.sequence,
-        };
-        if deliveries > self.max_deliveries {
-            // The last allowed delivery was not acknowledged in time.
-            dead_letter(&self.events, &self.topic, &event, self.max_deliveries).await?;
-            settle.send(AckKind::Term).await?;
-            return Ok(None);
-        }
-        if self.auto_ack {
-            settle.send(AckKind::Ack).await?;
-        }
-        let acknowledger = NatsAcknowledger {
-            settle,
-            last: (deliveries >= self.max_deliveries).then(|| event.clone()),
-            deliveries,
-            settled: self.auto_ack,
-        };
-        Ok(Some(Delivery::new(
-            event,
-            deliveries,
-            Box::new(acknowledger),
-        )))
-    }
-}
-
-/// Publishes `event` of `topic` to the dead-letter topic after `deliveries`.
-async fn dead_letter(
-    events: &NatsEvents,
-    topic: &str,
-    event: &Event,
-    deliveries: u32,
-) -> Result<Event> {
-    let metadata = dead_letter_metadata(event, deliveries);
-    let target = dead_letter_topic(topic);
-    let id = format!("{}{DEAD_LETTER_SUFFIX}", event.id);
-    let dead = events
-        .append(&target, id, event.payload.clone(), metadata)
-        .await?;
-    tracing::warn!(
-        %topic,
-        id = %event.id,
-        sequence = event.sequence,
-        deliveries,
-        dead_letter_topic = %target,
-        "nats events: event dead-lettered"
-    );
-    Ok(dead)
-}
-
-/// Sends `+ACK`, `-NAK` or `+TERM` for one delivery and waits for the server's confirmation.
-struct Settle {
-    events: NatsEvents,
-    reply: Subject,
-    topic: String,
-    sequence: u64,
-}
-
-impl Settle {
-    async fn send(&self, kind: AckKind) -> Result<()> {
-        let what = match kind {
-            AckKind::Ack => "ack",
-            AckKind::Nak(_) => "nack",
-            AckKind::Term => "terminate",
-            _ => "settle",
-        };
-        let request = (self.events.client).request(self.reply.clone(), Bytes::from(kind));
-        let failed = |why: String| {
-            self.events.err_msg(format!(
-                "{what} event {} of topic {:?}: {why}",
-                self.sequence, self.topic
-            ))
-        };
-        match tokio::time::timeout(SETTLE_TIMEOUT, request).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(failed(err.to_string())),
-            Err(_) => Err(failed(format!("no confirmation within {SETTLE_TIMEOUT:?}"))),
-        }
-    }
-}
-
-/// What [`Delivery::ack`] and [`Delivery::nack`] call for a JetStream delivery.
-struct NatsAcknowledger {
-    settle: Settle,
-    /// The event, on its last allowed delivery: a nack dead-letters it.
-    last: Option<Event>,
-    deliveries: u32,
-    /// Already acknowledged (auto-ack).
-    settled: bool,
-}
-
-#[async_trait]
-impl Acknowledger for NatsAcknowledger {
-    async fn ack(&self) -> Result<()> {
-        if self.settled {
-            return Ok(());
-        }
-        self.settle.send(AckKind::Ack).await
-    }
-
-    async fn nack(&self) -> Result<()> {
-        if self.settled {
-            return Ok(());
-        }
-        match &self.last {
-            Some(event) => {
-                let settle = &self.settle;
-                dead_letter(&settle.events, &settle.topic, event, self.deliveries).await?;
-                self.settle.send(AckKind::Term).await
-            }
-            None => self.settle.send(AckKind::Nak(None)).await,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_escape_one_to_one() {
-        assert_eq!(
-            NatsEvents::stream_name("orders.created"),
-            "MICRO_EVENTS_orders_2Ecreated"
-        );
-        assert_eq!(NatsEvents::durable_name("email-workers"), "email-workers");
-        assert_ne!(
-            NatsEvents::stream_name("a.b"),
-            NatsEvents::stream_name("a_b")
-        );
-        assert_ne!(
-            NatsEvents::stream_name("a_2Eb"),
-            NatsEvents::stream_name("a.b")
-        );
-        assert_eq!(NatsEvents::durable_name("a b"), "a_20b");
-    }
-
-    #[test]
-    fn long_names_are_cut_and_hashed() {
-        let long = "ü".repeat(120);
-        let name = NatsEvents::stream_name(&long);
-        assert_eq!(name.len(), MAX_NAME_LEN);
-        assert!(name.starts_with(STREAM_PREFIX));
-        let other = NatsEvents::stream_name(&format!("{}a", "ü".repeat(120)));
-        assert_ne!(name, other);
-        assert_eq!(NatsEvents::stream_name(&"a".repeat(242)).len(), 255);
-    }
-
-    #[test]
-    fn metadata_round_trips_through_headers() {
-        for (key, value) in [
-            ("plain", "value"),
-            ("with:colon", " padded  "),
-            ("ключ", "line\r\nbreak"),
-            ("100%", "50% off"),
-            ("", ""),
-            ("tab\tkey", "\tx\t"),
-        ] {
-            let (k, v) = (encode_key(key), encode_value(value));
-            assert!(
-                k.parse::<async_nats::HeaderName>().is_ok() || k.is_empty(),
-                "{k:?}"
-            );
-            assert!(!v.contains(['\r', '\n']), "{v:?}");
-            assert_eq!(v.trim(), v, "NATS trims values: {v:?}");
-            assert_eq!(decode_percent(&k), key);
-            assert_eq!(decode_percent(&v), value);
-        }
-        assert_eq!(encode_value("a b"), "a b");
-        assert_eq!(encode_key("Nats-Msg-Id"), "%4Eats-Msg-Id");
-        assert_eq!(encode_value("x Nats-Msg-Id: y"), "x %4Eats-Msg-Id: y");
-        assert_eq!(decode_percent("%4Eats-Msg-Id"), "Nats-Msg-Id");
-        assert_eq!(decode_percent("%zz%4"), "%zz%4");
-    }
-
-    #[test]
-    fn offsets_map_to_deliver_policies() {
-        assert_eq!(deliver_policy(Offset::Latest), DeliverPolicy::New);
-        assert_eq!(deliver_policy(Offset::Earliest), DeliverPolicy::All);
-        assert_eq!(deliver_policy(Offset::Sequence(0)), DeliverPolicy::All);
-        assert_eq!(
-            deliver_policy(Offset::Sequence(7)),
-            DeliverPolicy::ByStartSequence { start_sequence: 7 }
-        );
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert!(matches!(
-            deliver_policy(Offset::Time(at)),
-            DeliverPolicy::ByStartTime { start_time } if SystemTime::from(start_time) == at
-        ));
     }
 }
