@@ -150,17 +150,19 @@ async fn stop_waits_for_the_event_being_handled_and_settles_it() {
     let options = ConsumeOptions::group(unique("slow")).with_ack_wait(ack_wait * 4);
     let started = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
-    let (s, f) = (started.clone(), finished.clone());
+    // The handler holds its event until the test lets it go, after stop has begun.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (s, f, g) = (started.clone(), finished.clone(), gate.clone());
     let slow = handler(move |_event: Event| {
-        let (s, f) = (s.clone(), f.clone());
+        let (s, f, g) = (s.clone(), f.clone(), g.clone());
         async move {
             s.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            g.acquire().await.expect("gate open").forget();
             f.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
     });
-    let server = Server::new(test_options("slow"), registry)
+    let server = Server::new(test_options("slow"), registry.clone())
         .consume(&events, &topic, options.clone(), slow)
         .start()
         .await
@@ -173,7 +175,22 @@ async fn stop_waits_for_the_event_being_handled_and_settles_it() {
         started.load(Ordering::SeqCst) == 1
     })
     .await;
-    server.stop().await.expect("stop");
+    // Stop deregisters first, then stops consumers and drains: once the service has left the
+    // registry, stop is under way with the event still in the handler.
+    let stopping = tokio::spawn(server.stop());
+    eventually(SLACK, "stop deregistered the service", || async {
+        registry
+            .get_service("slow")
+            .await
+            .is_ok_and(|s| s.is_empty())
+    })
+    .await;
+    assert!(
+        !stopping.is_finished(),
+        "stop returned with the event in the handler"
+    );
+    gate.add_permits(1);
+    stopping.await.expect("stop task").expect("stop");
     assert_eq!(
         finished.load(Ordering::SeqCst),
         1,

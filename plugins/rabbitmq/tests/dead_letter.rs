@@ -7,8 +7,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions};
-use lapin::types::AMQPValue;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, ExchangeDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use micro_core::Broker;
 use micro_core::broker::{Message, SubscribeOptions, handler};
 use micro_rabbitmq::RabbitOptions;
@@ -220,24 +223,29 @@ impl Names {
             .with_dead_letter_queue(Some(self.dead_queue.clone()))
     }
 
-    /// The next dead letter, taken from the dead-letter queue on `channel` (unacknowledged)
-    /// within 30 s.
+    /// The next dead letter, delivered to a consumer of the dead-letter queue on `channel`
+    /// (unacknowledged) within 30 s. The consumer is cancelled once it has it.
     async fn dead_letter(&self, channel: &lapin::Channel) -> lapin::message::Delivery {
-        let until = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(
-                tokio::time::Instant::now() < until,
-                "no dead letter within 30 s"
-            );
-            if let Some(dead) = channel
-                .basic_get(self.dead_queue.as_str().into(), BasicGetOptions::default())
-                .await
-                .expect("basic.get")
-            {
-                return dead.delivery;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let tag = ShortString::from(format!("dead-letter-reader-{:08x}", fastrand::u32(..)));
+        let mut consumer = channel
+            .basic_consume(
+                self.dead_queue.as_str().into(),
+                tag.clone(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("basic.consume");
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("no dead letter within 30 s")
+            .expect("the dead-letter consumer is open")
+            .expect("a dead-letter delivery");
+        channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+            .expect("basic.cancel");
+        delivery
     }
 
     /// Unsubscribes, closes the broker, and deletes what the test declared: its dead-letter
