@@ -2,7 +2,6 @@
 //! JSON transcoded to protobuf, the call made through the core client (discovery, balancing,
 //! retries), the reply transcoded back.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +9,11 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use prost_reflect::MethodDescriptor;
 
-use crate::codec::DynamicCodec;
 use crate::error::ApiError;
 use crate::gateway::GatewayState;
 use crate::request::forward_metadata;
 use crate::schema::Schema;
-use crate::{route, transcode};
+use micro_core::dynamic::{self, DynamicCodec};
 
 /// What a request calls: a method of a registered service.
 #[derive(Debug)]
@@ -60,10 +58,10 @@ impl CallTarget {
     /// (`{"service", "endpoint": "Greeter.SayHello", "request"}`).
     pub(crate) fn from_rpc(body: &[u8]) -> Result<(CallTarget, Input), ApiError> {
         if body.len() > 1
-            && body.iter().filter(|b| **b == b'{' || **b == b'[').count() > transcode::MAX_DEPTH
+            && body.iter().filter(|b| **b == b'{' || **b == b'[').count() > dynamic::MAX_DEPTH
         {
             // A cheap guard before serde_json's own recursion limit.
-            transcode::from_json(&empty_message(), body, true)?;
+            dynamic::from_json(&empty_message(), body, true)?;
         }
         let rpc: RpcRequest = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
@@ -131,9 +129,9 @@ async fn invoke(
     }
     let body = match input {
         Input::Json(body) => body,
-        Input::Query(query) => transcode::query_to_json(&method.input(), &query)?,
+        Input::Query(query) => dynamic::query_to_json(&method.input(), &query)?,
     };
-    let message = transcode::from_json(&method.input(), &body, state.options.allow_unknown_fields)?;
+    let message = dynamic::from_json(&method.input(), &body, state.options.allow_unknown_fields)?;
     let mut request = tonic::Request::new(message);
     forward_metadata(headers, request.metadata_mut());
     if let Some(auth) = &state.auth {
@@ -156,12 +154,7 @@ async fn invoke(
     let timeout = micro_core::grpc::grpc_timeout(headers)
         .map_or(state.options.timeout, |t| t.min(state.options.timeout));
     request.set_timeout(timeout);
-    let path = http::uri::PathAndQuery::from_str(&format!(
-        "/{}/{}",
-        method.parent_service().full_name(),
-        method.name()
-    ))
-    .map_err(|e| ApiError::bad_request(format!("bad method path: {e}")))?;
+    let path = dynamic::path(method);
     let mut grpc = tonic::client::Grpc::new(schema.channel.clone());
     grpc.ready()
         .await
@@ -170,7 +163,13 @@ async fn invoke(
         .unary(request, path, DynamicCodec::new(method.output()))
         .await
         .map_err(|status| ApiError::from_status(&status))?;
-    let body = transcode::to_json(reply.get_ref())?;
+    let body = dynamic::to_json(reply.get_ref()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            tonic::Code::Internal,
+            e.message,
+        )
+    })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -188,15 +187,15 @@ async fn resolve_method(
     } = target;
     let grpc_service = grpc_service.as_deref();
     let schema = state.schemas.get(service).await?;
-    match route::find_method(service, &schema.services, grpc_service, method) {
-        Err(e)
-            if e.status == StatusCode::NOT_FOUND
-                && schema.fetched.elapsed() > Duration::from_secs(2) =>
+    match dynamic::find_method(service, &schema.services, grpc_service, method) {
+        Err(dynamic::MethodError::NotFound(_))
+            if schema.fetched.elapsed() > Duration::from_secs(2) =>
         {
             state.schemas.forget(service);
             let schema = state.schemas.get(service).await?;
-            route::find_method(service, &schema.services, grpc_service, method).map(|m| (m, schema))
+            let method = dynamic::find_method(service, &schema.services, grpc_service, method)?;
+            Ok((method, schema))
         }
-        result => result.map(|m| (m, schema)),
+        result => Ok((result?, schema)),
     }
 }

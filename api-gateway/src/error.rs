@@ -60,6 +60,21 @@ impl ApiError {
     }
 }
 
+impl From<micro_core::dynamic::JsonError> for ApiError {
+    fn from(error: micro_core::dynamic::JsonError) -> Self {
+        ApiError::bad_request(error.message)
+    }
+}
+
+impl From<micro_core::dynamic::MethodError> for ApiError {
+    fn from(error: micro_core::dynamic::MethodError) -> Self {
+        match error {
+            micro_core::dynamic::MethodError::NotFound(message) => ApiError::not_found(message),
+            micro_core::dynamic::MethodError::Ambiguous(message) => ApiError::bad_request(message),
+        }
+    }
+}
+
 /// The standard gRPC → HTTP mapping (as grpc-gateway's).
 pub fn http_status(code: Code) -> StatusCode {
     match code {

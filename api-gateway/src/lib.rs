@@ -25,7 +25,6 @@
 
 mod auth;
 mod call;
-mod codec;
 mod cors;
 mod dispatch;
 mod error;
@@ -33,11 +32,9 @@ mod gateway;
 mod limit;
 mod metrics;
 mod options;
-mod reflection;
 mod request;
 mod route;
 mod schema;
-mod transcode;
 
 pub use auth::GatewayAuth;
 pub use error::{ApiError, http_status};

@@ -1,8 +1,6 @@
 //! Path rules: `/{service}/{Service}/{Method}`, `/{service}/{Method}`, `/{service}`, `/rpc`.
 //! Names match case-insensitively with `-` and `_` ignored (`/greeter/greeter/say-hello`).
 
-use prost_reflect::{MethodDescriptor, ServiceDescriptor};
-
 use crate::error::ApiError;
 
 /// Longest path accepted; longer is 414.
@@ -99,91 +97,6 @@ pub(crate) fn parse(path: &str) -> Result<Target<'_>, ApiError> {
     })
 }
 
-/// A name without case, `-` or `_`.
-pub(crate) fn normalize(name: &str) -> String {
-    name.chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
-/// Finds `method` (of `grpc_service`, when given) among the routable `services`.
-pub(crate) fn find_method(
-    service: &str,
-    services: &[ServiceDescriptor],
-    grpc_service: Option<&str>,
-    method: &str,
-) -> Result<MethodDescriptor, ApiError> {
-    // The common case, names as declared, without normalizing (allocating) anything.
-    let mut exact = services
-        .iter()
-        .filter(|s| grpc_service.is_none_or(|g| g == s.name() || g == s.full_name()))
-        .flat_map(|s| s.methods())
-        .filter(|m| m.name() == method);
-    if let (Some(found), None) = (exact.next(), exact.next()) {
-        return Ok(found);
-    }
-    let candidates: Vec<&ServiceDescriptor> = match grpc_service {
-        Some(wanted) => {
-            let wanted = normalize(wanted);
-            let found: Vec<&ServiceDescriptor> = services
-                .iter()
-                .filter(|s| normalize(s.name()) == wanted || normalize(s.full_name()) == wanted)
-                .collect();
-            if found.is_empty() {
-                let known: Vec<&str> = services.iter().map(|s| s.full_name()).collect();
-                return Err(ApiError::not_found(format!(
-                    "`{service}` has no gRPC service `{}`; it has: {}",
-                    grpc_service.unwrap_or_default(),
-                    known.join(", ")
-                )));
-            }
-            if found.len() > 1 {
-                let names: Vec<&str> = found.iter().map(|s| s.full_name()).collect();
-                return Err(ApiError::bad_request(format!(
-                    "`{}` is ambiguous in `{service}`; use one of: {}",
-                    grpc_service.unwrap_or_default(),
-                    names.join(", ")
-                )));
-            }
-            found
-        }
-        None => services.iter().collect(),
-    };
-    let wanted = normalize(method);
-    let matches: Vec<MethodDescriptor> = candidates
-        .iter()
-        .flat_map(|s| s.methods())
-        .filter(|m| normalize(m.name()) == wanted)
-        .collect();
-    match matches.len() {
-        1 => Ok(matches.into_iter().next().expect("one match")),
-        0 => {
-            let known: Vec<String> = candidates
-                .iter()
-                .flat_map(|s| {
-                    s.methods()
-                        .map(move |m| format!("{}/{}", s.name(), m.name()))
-                })
-                .collect();
-            Err(ApiError::not_found(format!(
-                "`{service}` has no method `{method}`; it has: {}",
-                known.join(", ")
-            )))
-        }
-        _ => {
-            let names: Vec<String> = matches
-                .iter()
-                .map(|m| format!("{}/{}", m.parent_service().full_name(), m.name()))
-                .collect();
-            Err(ApiError::bad_request(format!(
-                "`{method}` is ambiguous in `{service}`; use /{service}/{{Service}}/{{Method}} with one of: {}",
-                names.join(", ")
-            )))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,11 +143,5 @@ mod tests {
             parse("/a/b/c/d").unwrap_err().status,
             http::StatusCode::NOT_FOUND
         );
-    }
-
-    #[test]
-    fn normalizes_names() {
-        assert_eq!(normalize("Say_Hello"), normalize("say-hello"));
-        assert_eq!(normalize("greeter.v1.Greeter"), "greeter.v1.greeter");
     }
 }

@@ -79,24 +79,26 @@ impl Schemas {
             ));
         }
         let channel = self.client.channel(service);
-        let (pool, names) =
-            tokio::time::timeout(Duration::from_secs(10), crate::reflection::fetch(channel))
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        http::StatusCode::GATEWAY_TIMEOUT,
-                        tonic::Code::DeadlineExceeded,
-                        format!("fetching the descriptors of `{service}` timed out"),
-                    )
-                })?
-                .map_err(|status| {
-                    let mut error = ApiError::from_status(&status);
-                    error.message = format!(
-                        "cannot fetch the descriptors of `{service}` by reflection: {}",
-                        status.message()
-                    );
-                    error
-                })?;
+        let (pool, names) = tokio::time::timeout(
+            Duration::from_secs(10),
+            micro_core::dynamic::reflection::fetch(channel),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                tonic::Code::DeadlineExceeded,
+                format!("fetching the descriptors of `{service}` timed out"),
+            )
+        })?
+        .map_err(|status| {
+            let mut error = ApiError::from_status(&status);
+            error.message = format!(
+                "cannot fetch the descriptors of `{service}` by reflection: {}",
+                status.message()
+            );
+            error
+        })?;
         let services: Vec<ServiceDescriptor> = names
             .iter()
             .filter_map(|n| pool.get_service_by_name(n))

@@ -34,6 +34,7 @@ pub mod broker;
 pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod dynamic;
 pub mod events;
 pub mod grpc;
 pub mod logging;

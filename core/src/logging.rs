@@ -7,8 +7,14 @@ use std::io::IsTerminal;
 /// Installs the process's log subscriber, unless one is installed already. Every binary of
 /// micro (the gateway, the examples) calls it first.
 pub fn init() {
+    init_with_default("info");
+}
+
+/// As [`init`], with `level` when `RUST_LOG` is not set: a command-line tool such as `micro`
+/// shows warnings only, so its output is its answer.
+pub fn init_with_default(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

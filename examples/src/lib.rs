@@ -16,7 +16,9 @@
 use std::time::Duration;
 
 use micro_core::Catalog;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 /// Generated code and descriptors of `proto/greeter/v1/greeter.proto`.
 pub mod greeter {
@@ -69,16 +71,28 @@ pub mod orders {
     pub const PLACED_TOPIC: &str = "orders.placed";
 }
 
-use greeter::v1::{HelloReply, HelloRequest};
+use greeter::v1::{HelloReply, HelloRequest, StreamRequest};
 
-/// The greeter's handler: replies `"<greeting> <name>"`.
+/// The greeter's handler: SayHello replies `"<greeting> <name>"`; SayHelloStream replies
+/// `"<greeting> <name> <i>"` `count` times, `interval_ms` apart; Chat replies
+/// `"<greeting> <name>"` to each request of the client's stream.
 #[derive(Clone, Debug)]
 pub struct Greeter {
     /// The word before the name ("Hello").
     pub greeting: String,
-    /// How long each reply takes (to show graceful shutdown draining a slow call).
+    /// How long each SayHello reply takes (to show graceful shutdown draining a slow call).
     pub delay: Duration,
 }
+
+/// The most replies one SayHelloStream call may ask for.
+pub const MAX_STREAM_COUNT: u32 = 10_000;
+/// How many replies SayHelloStream sends when `count` is 0.
+pub const DEFAULT_STREAM_COUNT: u32 = 3;
+/// How many replies a stream buffers ahead of a slow client.
+const STREAM_BUFFER: usize = 16;
+
+/// The replies of a streaming method, fed by a task that stops when the client goes away.
+pub type ReplyStream = ReceiverStream<Result<HelloReply, Status>>;
 
 impl Default for Greeter {
     fn default() -> Self {
@@ -103,6 +117,104 @@ impl greeter::v1::greeter_server::Greeter for Greeter {
             message: format!("{} {name}", self.greeting),
         }))
     }
+
+    type SayHelloStreamStream = ReplyStream;
+
+    async fn say_hello_stream(
+        &self,
+        request: Request<StreamRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let greeting = self.greeting.clone();
+        say_hello_stream(request.into_inner(), move || greeting.clone()).map(Response::new)
+    }
+
+    type ChatStream = ReplyStream;
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let greeting = self.greeting.clone();
+        Ok(Response::new(chat(request.into_inner(), move || {
+            greeting.clone()
+        })))
+    }
+}
+
+/// SayHelloStream with the greeting `greeting()` returns before each reply: `"<greeting> <name>
+/// <i>"` for i in 1..=count (0: [`DEFAULT_STREAM_COUNT`]; above [`MAX_STREAM_COUNT`]:
+/// `INVALID_ARGUMENT`), `interval_ms` apart. The replies are produced by a task that stops as
+/// soon as the client goes away.
+pub fn say_hello_stream(
+    request: StreamRequest,
+    greeting: impl Fn() -> String + Send + 'static,
+) -> Result<ReplyStream, Status> {
+    let StreamRequest {
+        name,
+        count,
+        interval_ms,
+    } = request;
+    if count > MAX_STREAM_COUNT {
+        return Err(Status::invalid_argument(format!(
+            "count must be at most {MAX_STREAM_COUNT}, got {count}"
+        )));
+    }
+    let count = if count == 0 {
+        DEFAULT_STREAM_COUNT
+    } else {
+        count
+    };
+    let interval = Duration::from_millis(interval_ms.into());
+    let (replies, stream) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        for i in 1..=count {
+            if i > 1 && !interval.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = replies.closed() => return,
+                }
+            }
+            let reply = HelloReply {
+                message: format!("{} {name} {i}", greeting()),
+            };
+            if replies.send(Ok(reply)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(ReceiverStream::new(stream))
+}
+
+/// Chat with the greeting `greeting()` returns before each reply: `"<greeting> <name>"` for
+/// each request as it arrives, until the client's stream ends (or fails: its error is the
+/// last item). The replies are produced by a task that stops as soon as the client goes away.
+pub fn chat(
+    mut requests: Streaming<HelloRequest>,
+    greeting: impl Fn() -> String + Send + 'static,
+) -> ReplyStream {
+    let (replies, stream) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = requests.message() => next,
+                () = replies.closed() => return,
+            };
+            let (reply, last) = match next {
+                Ok(Some(request)) => (
+                    Ok(HelloReply {
+                        message: format!("{} {}", greeting(), request.name),
+                    }),
+                    false,
+                ),
+                Ok(None) => return,
+                Err(status) => (Err(status), true),
+            };
+            if replies.send(reply).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(stream)
 }
 
 /// Every plugin the examples can pick by name.

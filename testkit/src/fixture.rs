@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use micro_core::server::RunningServer;
 use micro_core::{Options, Registry, Server};
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::greeter;
 use crate::greeter::v1::greeter_server::GreeterServer;
-use crate::greeter::v1::{HelloReply, HelloRequest};
+use crate::greeter::v1::{HelloReply, HelloRequest, StreamRequest};
 
 /// The registration TTL of every test server and greeter process.
 pub const REGISTER_TTL: Duration = Duration::from_secs(2);
@@ -55,13 +57,35 @@ pub fn test_options(name: &str) -> Options {
         .expect("test options")
 }
 
-/// The greeter's handler: replies `"<greeting> <name>"`, after `delay`.
+/// The greeter's handler: SayHello replies `"<greeting> <name>"`, after `delay`;
+/// SayHelloStream replies `"<greeting> <name> <i>"` for i in 1..=count (0: 3; above 10000:
+/// `INVALID_ARGUMENT`), `interval_ms` apart; Chat replies `"<greeting> <name>"` to each request
+/// of the client's stream until it ends.
 #[derive(Clone, Debug)]
 pub struct Greeter {
     /// The word before the name ("Hello").
     pub greeting: String,
-    /// How long each reply takes (for timeouts and draining a slow call).
+    /// How long each SayHello reply takes (for timeouts and draining a slow call).
     pub delay: Duration,
+}
+
+/// The most replies one SayHelloStream call may ask for.
+const MAX_STREAM_COUNT: u32 = 10_000;
+/// How many replies SayHelloStream sends when `count` is 0.
+const DEFAULT_STREAM_COUNT: u32 = 3;
+/// How many replies a stream buffers ahead of a slow client.
+const STREAM_BUFFER: usize = 16;
+
+/// The replies of a streaming greeter method, fed by a task that stops when the client goes
+/// away.
+type ReplyStream = ReceiverStream<Result<HelloReply, Status>>;
+
+/// The streams of a test greeter that answers SayHello only (a relay, an echo).
+pub type NoStream = tokio_stream::Empty<Result<HelloReply, Status>>;
+
+/// What a SayHello-only greeter answers to SayHelloStream and Chat.
+pub fn no_stream() -> Result<Response<NoStream>, Status> {
+    Err(Status::unimplemented("this greeter answers SayHello only"))
 }
 
 impl Greeter {
@@ -93,6 +117,82 @@ impl greeter::v1::greeter_server::Greeter for Greeter {
         Ok(Response::new(HelloReply {
             message: format!("{} {name}", self.greeting),
         }))
+    }
+
+    type SayHelloStreamStream = ReplyStream;
+
+    async fn say_hello_stream(
+        &self,
+        request: Request<StreamRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let StreamRequest {
+            name,
+            count,
+            interval_ms,
+        } = request.into_inner();
+        if count > MAX_STREAM_COUNT {
+            return Err(Status::invalid_argument(format!(
+                "count must be at most {MAX_STREAM_COUNT}, got {count}"
+            )));
+        }
+        let count = if count == 0 {
+            DEFAULT_STREAM_COUNT
+        } else {
+            count
+        };
+        let interval = Duration::from_millis(interval_ms.into());
+        let greeting = self.greeting.clone();
+        let (replies, stream) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            for i in 1..=count {
+                if i > 1 && !interval.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(interval) => {}
+                        () = replies.closed() => return,
+                    }
+                }
+                let reply = HelloReply {
+                    message: format!("{greeting} {name} {i}"),
+                };
+                if replies.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    type ChatStream = ReplyStream;
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let mut requests = request.into_inner();
+        let greeting = self.greeting.clone();
+        let (replies, stream) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = requests.message() => next,
+                    () = replies.closed() => return,
+                };
+                let (reply, last) = match next {
+                    Ok(Some(request)) => (
+                        Ok(HelloReply {
+                            message: format!("{greeting} {}", request.name),
+                        }),
+                        false,
+                    ),
+                    Ok(None) => return,
+                    Err(status) => (Err(status), true),
+                };
+                if replies.send(reply).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
 
@@ -168,5 +268,121 @@ mod tests {
         assert_eq!(options.register_ttl, REGISTER_TTL);
         assert_eq!(options.register_interval, REGISTER_INTERVAL);
         assert!(EXPIRY > REGISTER_TTL + REGISTER_INTERVAL && PROPAGATION > REGISTER_INTERVAL);
+    }
+
+    use crate::greeter::v1::greeter_client::GreeterClient;
+    use tonic::transport::Channel;
+
+    /// A [`Greeter`] served by plain tonic on a free port (no registry), and a client to it.
+    async fn serve(greeting: &str) -> GreeterClient<Channel> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let service = GreeterServer::new(Greeter::new(greeting));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        GreeterClient::connect(format!("http://{address}"))
+            .await
+            .expect("connect")
+    }
+
+    fn ask(name: &str, count: u32, interval_ms: u32) -> StreamRequest {
+        StreamRequest {
+            name: name.into(),
+            count,
+            interval_ms,
+        }
+    }
+
+    async fn messages(mut replies: Streaming<HelloReply>) -> Vec<String> {
+        let mut messages = Vec::new();
+        while let Some(reply) = replies.message().await.expect("reply") {
+            messages.push(reply.message);
+        }
+        messages
+    }
+
+    #[tokio::test]
+    async fn say_hello_stream_counts_and_caps() {
+        let mut client = serve("Hi").await;
+        let replies = client
+            .say_hello_stream(ask("Ann", 0, 0))
+            .await
+            .expect("call");
+        assert_eq!(
+            messages(replies.into_inner()).await,
+            ["Hi Ann 1", "Hi Ann 2", "Hi Ann 3"],
+            "count 0 means 3"
+        );
+        let replies = client
+            .say_hello_stream(ask("Bo", 2, 20))
+            .await
+            .expect("call");
+        assert_eq!(messages(replies.into_inner()).await, ["Hi Bo 1", "Hi Bo 2"]);
+        let replies = client
+            .say_hello_stream(ask("Cy", MAX_STREAM_COUNT, 0))
+            .await
+            .expect("call");
+        assert_eq!(
+            messages(replies.into_inner()).await.len(),
+            MAX_STREAM_COUNT as usize
+        );
+        let status = client
+            .say_hello_stream(ask("Di", MAX_STREAM_COUNT + 1, 0))
+            .await
+            .expect_err("too many");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("count"), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn chat_answers_each_request_as_it_arrives() {
+        let mut client = serve("Hello").await;
+        let (requests, outgoing) = mpsc::channel(1);
+        let mut replies = client
+            .chat(ReceiverStream::new(outgoing))
+            .await
+            .expect("call")
+            .into_inner();
+        for name in ["Ann", "Bo"] {
+            let request = HelloRequest { name: name.into() };
+            requests.send(request).await.expect("send");
+            // The reply comes while the client's stream is still open.
+            let reply = replies.message().await.expect("reply").expect("a reply");
+            assert_eq!(reply.message, format!("Hello {name}"));
+        }
+        drop(requests);
+        assert!(
+            replies.message().await.expect("end").is_none(),
+            "the replies end with the requests"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_stops_when_its_client_goes_away() {
+        let mut client = serve("Hello").await;
+        client
+            .say_hello(HelloRequest::default())
+            .await
+            .expect("warm up the connection");
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let mut replies = client
+            .say_hello_stream(ask("Ann", MAX_STREAM_COUNT, 60_000))
+            .await
+            .expect("call")
+            .into_inner();
+        replies.message().await.expect("reply").expect("the first");
+        assert!(metrics.num_alive_tasks() > before, "a producer runs");
+        drop(replies);
+        // Without the stop it would sleep a minute before finding out.
+        micro_core::conformance::eventually(SLACK, "the producer stops", || async {
+            metrics.num_alive_tasks() <= before
+        })
+        .await;
     }
 }

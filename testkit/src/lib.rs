@@ -52,12 +52,12 @@ pub use collect::{Collected, collecting};
 pub use etcd::PrivateEtcd;
 pub use events::dead_letters;
 pub use fixture::{
-    EXPIRY, Greeter, GreeterV2, PROPAGATION, REGISTER_INTERVAL, REGISTER_INTERVAL_ARG,
-    REGISTER_TTL, REGISTER_TTL_ARG, SHORT_TTL_ARGS, SLACK, greeter_server, start_greeter,
-    start_greeter_v2, test_options,
+    EXPIRY, Greeter, GreeterV2, NoStream, PROPAGATION, REGISTER_INTERVAL, REGISTER_INTERVAL_ARG,
+    REGISTER_TTL, REGISTER_TTL_ARG, SHORT_TTL_ARGS, SLACK, greeter_server, no_stream,
+    start_greeter, start_greeter_v2, test_options,
 };
 pub use http::{HttpResponse, get, post, raw_http};
-pub use process::{GatewayProcess, Process, binary};
+pub use process::{Finished, GatewayProcess, Process, binary, run};
 pub use server::{PrivateServer, accepts, free_port};
 pub use wait::{error_naming, eventually, prompt_error, wait_until};
 pub use wrapped::Wrapped;

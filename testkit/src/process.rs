@@ -245,3 +245,101 @@ fn address_after(line: &str, marker: &str) -> SocketAddr {
         .parse()
         .unwrap_or_else(|e| panic!("bad address {address:?} in {line:?}: {e}"))
 }
+
+/// What a process that ran to the end left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit code (`None` when a signal ended it).
+    pub code: Option<i32>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Asserts exit code 0 and returns stdout.
+    pub fn success(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success; stderr: {}",
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts exit code `code` with exactly one stderr line, and returns that line.
+    pub fn failure(&self, code: i32) -> &str {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit {code}; stdout: {}; stderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        let stderr = self.stderr.trim_end();
+        assert_eq!(stderr.lines().count(), 1, "one stderr line: {stderr:?}");
+        stderr
+    }
+}
+
+/// Runs workspace binary `name` to the end with `args`, extra environment `env` (the parent's
+/// `MICRO_*` removed) and `stdin`; kills it and panics if it runs longer than `deadline`.
+pub fn run(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+    deadline: Duration,
+) -> Finished {
+    use std::io::{Read, Write};
+    let mut command = Command::new(binary(name));
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MICRO_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_string();
+    std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped stderr")));
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`{name} {}` did not finish within {deadline:?}; stderr: {}",
+                args.join(" "),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Finished {
+        code: status.code(),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}

@@ -303,7 +303,9 @@ mod account_metadata {
     use micro_memory::MemoryRegistry;
     use micro_testkit::greeter::v1::greeter_server::{Greeter, GreeterServer};
     use micro_testkit::greeter::v1::{HelloReply, HelloRequest};
-    use micro_testkit::{PROPAGATION, greeter, post, raw_http, test_options, wait_until};
+    use micro_testkit::{
+        NoStream, PROPAGATION, greeter, no_stream, post, raw_http, test_options, wait_until,
+    };
     use tonic::{Request, Response, Status};
 
     /// Opaque tokens: `alice-token` is alice with scope `greeter`, `bob-token` bob without.
@@ -339,6 +341,23 @@ mod account_metadata {
 
     #[tonic::async_trait]
     impl Greeter for Echo {
+        type SayHelloStreamStream = NoStream;
+        type ChatStream = NoStream;
+
+        async fn say_hello_stream(
+            &self,
+            _: Request<micro_testkit::greeter::v1::StreamRequest>,
+        ) -> std::result::Result<Response<NoStream>, Status> {
+            no_stream()
+        }
+
+        async fn chat(
+            &self,
+            _: Request<tonic::Streaming<HelloRequest>>,
+        ) -> std::result::Result<Response<NoStream>, Status> {
+            no_stream()
+        }
+
         async fn say_hello(
             &self,
             request: Request<HelloRequest>,

@@ -103,13 +103,16 @@ impl Inner {
 pub(super) struct Balancer {
     inner: Arc<Inner>,
     service: Arc<str>,
+    /// Only this node (its id or address), when pinned.
+    node: Option<Arc<str>>,
 }
 
 impl Balancer {
-    pub(super) fn new(inner: Arc<Inner>, service: &str) -> Self {
+    pub(super) fn new(inner: Arc<Inner>, service: &str, node: Option<&str>) -> Self {
         Balancer {
             inner,
             service: service.into(),
+            node: node.map(Into::into),
         }
     }
 }
@@ -124,14 +127,20 @@ impl Service<http::Request<Body>> for Balancer {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let (inner, service) = (self.inner.clone(), self.service.clone());
+        let (inner, service, node) = (self.inner.clone(), self.service.clone(), self.node.clone());
         let timeout =
             grpc_timeout(request.headers()).map_or(inner.timeout, |t| t.min(inner.timeout));
         let span =
             tracing::debug_span!("call", service = %service, endpoint = %request.uri().path());
         Box::pin(tracing::Instrument::instrument(
             async move {
-                match tokio::time::timeout(timeout, attempts(&inner, &service, request)).await {
+                let call = async {
+                    match &node {
+                        Some(node) => pinned(&inner, &service, node, request).await,
+                        None => attempts(&inner, &service, request).await,
+                    }
+                };
+                match tokio::time::timeout(timeout, call).await {
                     Ok(result) => result,
                     Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                         "call to `{service}` timed out after {}",
@@ -164,6 +173,9 @@ async fn attempts(
             .oneshot(request)
             .await
             .map_err(|error| {
+                if let Some(late) = deadline_passed(&error, service) {
+                    return late;
+                }
                 inner.cool(&target.node.address);
                 tonic::Status::unavailable(format!(
                     "node {} of `{service}` failed: {error}",
@@ -190,12 +202,18 @@ async fn attempts(
         match target.channel.clone().oneshot(request).await {
             Ok(response) => return Ok(response),
             Err(error) if !body.taken() => {
+                if let Some(late) = deadline_passed(&error, service) {
+                    return Err(late);
+                }
                 tracing::warn!(%service, %node, %address, attempt, error = %error, "node unreachable; trying another");
                 inner.cool(address);
                 tried.push(address.clone());
                 last_error = Some(error.into());
             }
             Err(error) => {
+                if let Some(late) = deadline_passed(&error, service) {
+                    return Err(late);
+                }
                 // Part of the request was sent: it may have reached the handler, so it is not
                 // retried; the node is still passed over by the next calls.
                 inner.cool(address);
@@ -211,6 +229,72 @@ async fn attempts(
         .into(),
         None => no_node(inner, service),
     })
+}
+
+/// A call to one chosen node: no balancing, no retry on another node.
+async fn pinned(
+    inner: &Inner,
+    service: &str,
+    node: &str,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    let resolved = resolve(&inner.cache, &inner.registry, service)
+        .await
+        .map_err(unavailable)?;
+    let Some(target) = resolved
+        .targets
+        .iter()
+        .find(|t| t.node.id == node || t.node.address == node)
+    else {
+        let known: Vec<String> = resolved
+            .targets
+            .iter()
+            .map(|t| format!("{} ({})", t.node.id, t.node.address))
+            .collect();
+        return Err(tonic::Status::not_found(format!(
+            "`{service}` has no node `{node}`; its nodes: {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into());
+    };
+    target
+        .channel
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|error| {
+            if let Some(late) = deadline_passed(&error, service) {
+                return late;
+            }
+            tonic::Status::unavailable(format!(
+                "node {} of `{service}` failed: {error}",
+                target.node.address
+            ))
+            .into()
+        })
+}
+
+/// `DEADLINE_EXCEEDED` when `error` is the call's deadline expiring in the channel (tonic
+/// enforces `grpc-timeout` there): the node is not at fault, so it is neither cooled nor
+/// retried, and the caller learns it was the deadline rather than an unreachable node.
+fn deadline_passed(error: &tonic::transport::Error, service: &str) -> Option<BoxError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<tonic::TimeoutExpired>() {
+            return Some(
+                tonic::Status::deadline_exceeded(format!(
+                    "call to `{service}` passed its deadline"
+                ))
+                .into(),
+            );
+        }
+        source = cause.source();
+    }
+    None
 }
 
 fn no_node(inner: &Inner, service: &str) -> BoxError {

@@ -113,7 +113,18 @@ impl Client {
 
     /// A channel to the service named `service`.
     pub fn channel(&self, service: &str) -> ServiceChannel {
-        let base = BoxCloneSyncService::new(call::Balancer::new(self.inner.clone(), service));
+        self.balanced(service, None)
+    }
+
+    /// A channel to one node of `service`, named by its id or address (as `micro call --node`
+    /// takes it): no balancing and no retry elsewhere; `NOT_FOUND` listing the nodes when the
+    /// service has no such node.
+    pub fn node_channel(&self, service: &str, node: &str) -> ServiceChannel {
+        self.balanced(service, Some(node))
+    }
+
+    fn balanced(&self, service: &str, node: Option<&str>) -> ServiceChannel {
+        let base = BoxCloneSyncService::new(call::Balancer::new(self.inner.clone(), service, node));
         ServiceChannel(apply(&self.wrappers, base))
     }
 

@@ -12,9 +12,9 @@ use futures::StreamExt;
 use micro_core::Server;
 use micro_core::options::{Options, ServiceFlags};
 use micro_examples::greeter::v1::greeter_server::{Greeter, GreeterServer};
-use micro_examples::greeter::v1::{HelloReply, HelloRequest};
-use micro_examples::{catalog, greeter};
-use tonic::{Request, Response, Status};
+use micro_examples::greeter::v1::{HelloReply, HelloRequest, StreamRequest};
+use micro_examples::{ReplyStream, catalog, greeter};
+use tonic::{Request, Response, Status, Streaming};
 
 #[derive(Parser)]
 #[command(
@@ -26,9 +26,25 @@ struct Cli {
     _service: ServiceFlags,
 }
 
-/// Replies with whatever the config says now.
+/// Replies with whatever the config says now (in a stream: at each reply).
 struct ConfiguredGreeter {
     greeting: Arc<RwLock<String>>,
+}
+
+impl ConfiguredGreeter {
+    /// What reads the greeting at each call, wherever it runs (a reply stream's task too).
+    fn greeting(&self) -> impl Fn() -> String + Send + 'static {
+        let greeting = self.greeting.clone();
+        move || read(&greeting)
+    }
+}
+
+/// The greeting now.
+fn read(greeting: &RwLock<String>) -> String {
+    greeting
+        .read()
+        .map(|g| g.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
 }
 
 #[tonic::async_trait]
@@ -37,14 +53,31 @@ impl Greeter for ConfiguredGreeter {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
-        let greeting = self
-            .greeting
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
+        let greeting = read(&self.greeting);
         Ok(Response::new(HelloReply {
             message: format!("{greeting} {}", request.into_inner().name),
         }))
+    }
+
+    type SayHelloStreamStream = ReplyStream;
+
+    async fn say_hello_stream(
+        &self,
+        request: Request<StreamRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        micro_examples::say_hello_stream(request.into_inner(), self.greeting()).map(Response::new)
+    }
+
+    type ChatStream = ReplyStream;
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<HelloRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        Ok(Response::new(micro_examples::chat(
+            request.into_inner(),
+            self.greeting(),
+        )))
     }
 }
 

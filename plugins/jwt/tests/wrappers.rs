@@ -14,7 +14,8 @@ use micro_memory::MemoryRegistry;
 use micro_testkit::greeter::v1::greeter_client::GreeterClient;
 use micro_testkit::greeter::v1::greeter_server::{self, GreeterServer};
 use micro_testkit::greeter::v1::{HelloReply, HelloRequest};
-use micro_testkit::{Greeter, greeter};
+
+use micro_testkit::{Greeter, NoStream, greeter, no_stream};
 use tonic::{Code, Request, Response, Status};
 
 fn options(name: &str) -> Options {
@@ -47,6 +48,23 @@ struct Relay {
 
 #[tonic::async_trait]
 impl greeter_server::Greeter for Relay {
+    type SayHelloStreamStream = NoStream;
+    type ChatStream = NoStream;
+
+    async fn say_hello_stream(
+        &self,
+        _: Request<micro_testkit::greeter::v1::StreamRequest>,
+    ) -> std::result::Result<Response<NoStream>, Status> {
+        no_stream()
+    }
+
+    async fn chat(
+        &self,
+        _: Request<tonic::Streaming<HelloRequest>>,
+    ) -> std::result::Result<Response<NoStream>, Status> {
+        no_stream()
+    }
+
     async fn say_hello(
         &self,
         request: Request<HelloRequest>,

@@ -1,23 +1,38 @@
 //! JSON ↔ protobuf with the service's own descriptors (proto3 JSON mapping): lowerCamelCase out,
-//! either name in, 64-bit integers as strings, enums by name, default values emitted.
+//! either name in, 64-bit integers as strings, enums by name, default values emitted. The
+//! gateway and the `micro` command transcode with these same functions.
 
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions,
 };
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+/// JSON that does not fit the message: what is wrong, naming the field or the position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JsonError {
+    /// For a person: ``field `user.age`: invalid type...``.
+    pub message: String,
+}
+
+impl JsonError {
+    fn new(message: impl Into<String>) -> Self {
+        JsonError {
+            message: message.into(),
+        }
+    }
+}
 
 /// Deepest JSON nesting accepted.
-pub(crate) const MAX_DEPTH: usize = 64;
+pub const MAX_DEPTH: usize = 64;
 
 /// Decodes a JSON body into `descriptor`'s message. An empty body is the empty message.
 /// Errors name the field (`user.age`) or the JSON position.
-pub(crate) fn from_json(
+pub fn from_json(
     descriptor: &MessageDescriptor,
     body: &[u8],
     allow_unknown_fields: bool,
-) -> Result<DynamicMessage, ApiError> {
+) -> Result<DynamicMessage, JsonError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(descriptor.clone()));
     }
@@ -33,17 +48,20 @@ pub(crate) fn from_json(
     .and_then(|m| json.end().map(|()| m))
     .map_err(|e| {
         let path = track.path().to_string();
-        if e.is_syntax() || e.is_eof() || path == "." || path.is_empty() {
-            ApiError::bad_request(format!("malformed JSON body: {e}"))
+        if e.is_syntax() || e.is_eof() {
+            JsonError::new(format!("malformed JSON: {e}"))
+        } else if path == "." || path.is_empty() {
+            // A top-level data error, such as an unknown field (`unrecognized field name 'x'`).
+            JsonError::new(e.to_string())
         } else {
-            ApiError::bad_request(format!("field `{path}`: {e}"))
+            JsonError::new(format!("field `{path}`: {e}"))
         }
     })?;
     Ok(message)
 }
 
 /// Encodes a response message as JSON, with every field (default values too).
-pub(crate) fn to_json(message: &DynamicMessage) -> Result<Vec<u8>, ApiError> {
+pub fn to_json(message: &DynamicMessage) -> Result<Vec<u8>, JsonError> {
     let options = SerializeOptions::new()
         .skip_default_fields(false)
         .stringify_64_bit_integers(true);
@@ -52,21 +70,17 @@ pub(crate) fn to_json(message: &DynamicMessage) -> Result<Vec<u8>, ApiError> {
     message
         .serialize_with_options(&mut serializer, &options)
         .map_err(|e| {
-            ApiError::new(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal,
-                format!("cannot encode the reply as JSON: {e}"),
-            )
+            JsonError::new(format!(
+                "cannot encode {} as JSON: {e}",
+                prost_reflect::ReflectMessage::descriptor(message).full_name()
+            ))
         })?;
     Ok(out)
 }
 
 /// Maps query parameters onto the fields of `descriptor` (`?name=Alice&tags=a&tags=b&page.size=2`),
 /// typed by the field so numbers and booleans arrive as JSON numbers and booleans.
-pub(crate) fn query_to_json(
-    descriptor: &MessageDescriptor,
-    query: &str,
-) -> Result<Vec<u8>, ApiError> {
+pub fn query_to_json(descriptor: &MessageDescriptor, query: &str) -> Result<Vec<u8>, JsonError> {
     let mut root = Map::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -74,7 +88,7 @@ pub(crate) fn query_to_json(
         let value = decode(raw_value)?;
         let segments: Vec<&str> = key.split('.').collect();
         let field_kind = field_kind(descriptor, &segments).ok_or_else(|| {
-            ApiError::bad_request(format!(
+            JsonError::new(format!(
                 "query parameter `{key}`: no such field in {}",
                 descriptor.full_name()
             ))
@@ -85,7 +99,7 @@ pub(crate) fn query_to_json(
                 "true" | "1" => Value::Bool(true),
                 "false" | "0" => Value::Bool(false),
                 _ => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(JsonError::new(format!(
                         "query parameter `{key}`: `{value}` is not a boolean"
                     )));
                 }
@@ -147,7 +161,7 @@ fn insert(object: &mut Map<String, Value>, segments: &[&str], value: Value, repe
     }
 }
 
-fn decode(raw: &str) -> Result<String, ApiError> {
+fn decode(raw: &str) -> Result<String, JsonError> {
     let plus_as_space = raw.replace('+', " ");
     let bytes = plus_as_space.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -158,9 +172,8 @@ fn decode(raw: &str) -> Result<String, ApiError> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
-            let byte = hex.ok_or_else(|| {
-                ApiError::bad_request(format!("query `{raw}` has a bad percent-escape"))
-            })?;
+            let byte = hex
+                .ok_or_else(|| JsonError::new(format!("query `{raw}` has a bad percent-escape")))?;
             out.push(byte);
             i += 3;
         } else {
@@ -168,11 +181,11 @@ fn decode(raw: &str) -> Result<String, ApiError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ApiError::bad_request(format!("query `{raw}` is not UTF-8")))
+    String::from_utf8(out).map_err(|_| JsonError::new(format!("query `{raw}` is not UTF-8")))
 }
 
 /// Refuses JSON nested deeper than [`MAX_DEPTH`] before any parsing work.
-fn check_depth(body: &[u8]) -> Result<(), ApiError> {
+fn check_depth(body: &[u8]) -> Result<(), JsonError> {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &byte in body {
         if in_string {
@@ -189,8 +202,8 @@ fn check_depth(body: &[u8]) -> Result<(), ApiError> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
-                    return Err(ApiError::bad_request(format!(
-                        "the JSON body nests deeper than {MAX_DEPTH} levels"
+                    return Err(JsonError::new(format!(
+                        "the JSON nests deeper than {MAX_DEPTH} levels"
                     )));
                 }
             }

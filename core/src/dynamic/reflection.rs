@@ -9,10 +9,10 @@ use prost_reflect::DescriptorPool;
 use prost_types::FileDescriptorProto;
 use tonic::{Code, Status};
 
-use micro_core::client::ServiceChannel;
+use crate::client::ServiceChannel;
 
 /// Services of the framework itself, never routed.
-pub(crate) fn is_builtin(service: &str) -> bool {
+pub fn is_builtin(service: &str) -> bool {
     service.starts_with("grpc.reflection.") || service.starts_with("grpc.health.")
 }
 
@@ -75,9 +75,7 @@ ask_with!(ask_v1, tonic_reflection::pb::v1);
 ask_with!(ask_v1alpha, tonic_reflection::pb::v1alpha);
 
 /// The descriptors of every routable gRPC service behind `channel`, and their names.
-pub(crate) async fn fetch(
-    channel: ServiceChannel,
-) -> Result<(DescriptorPool, Vec<String>), Status> {
+pub async fn fetch(channel: ServiceChannel) -> Result<(DescriptorPool, Vec<String>), Status> {
     let v1alpha = match ask_v1(channel.clone(), &Question::ListServices).await {
         Ok(answer) => return fetch_with(channel, answer, false).await,
         Err(status) if status.code() == Code::Unimplemented => true,
@@ -85,7 +83,7 @@ pub(crate) async fn fetch(
     };
     let answer = ask_v1alpha(channel.clone(), &Question::ListServices).await.map_err(|status| {
         if status.code() == Code::Unimplemented {
-            Status::unimplemented("the service does not serve gRPC reflection (v1 or v1alpha), so the gateway cannot map it")
+            Status::unimplemented("the service does not serve gRPC reflection (v1 or v1alpha), so it cannot be called by name")
         } else {
             status
         }

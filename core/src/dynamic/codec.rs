@@ -6,14 +6,14 @@ use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// Encodes any [`DynamicMessage`]; decodes replies as `response`.
-#[derive(Clone)]
-pub(crate) struct DynamicCodec {
+#[derive(Clone, Debug)]
+pub struct DynamicCodec {
     response: MessageDescriptor,
 }
 
 impl DynamicCodec {
     /// A codec whose replies are `response` messages.
-    pub(crate) fn new(response: MessageDescriptor) -> Self {
+    pub fn new(response: MessageDescriptor) -> Self {
         DynamicCodec { response }
     }
 }
@@ -34,7 +34,8 @@ impl Codec for DynamicCodec {
 }
 
 /// Encoder half of [`DynamicCodec`].
-pub(crate) struct DynamicEncoder;
+#[derive(Debug)]
+pub struct DynamicEncoder;
 
 impl Encoder for DynamicEncoder {
     type Item = DynamicMessage;
@@ -47,7 +48,8 @@ impl Encoder for DynamicEncoder {
 }
 
 /// Decoder half of [`DynamicCodec`].
-pub(crate) struct DynamicDecoder(MessageDescriptor);
+#[derive(Debug)]
+pub struct DynamicDecoder(MessageDescriptor);
 
 impl Decoder for DynamicDecoder {
     type Item = DynamicMessage;
