@@ -48,7 +48,6 @@ const DEPENDENCIES: &[&str] = &[
     "micro-memory",
     "micro-remote",
     "micro-etcd",
-    "clap",
     "prost",
     "tokio",
     "tonic",
@@ -461,7 +460,7 @@ mod tests {
         for name in ["fn", "self", "test", "core", "proc-macro", "build", "gen"] {
             assert!(usage(validate_name(name)).contains("keyword"), "{name}");
         }
-        for name in ["tokio", "micro-core", "tonic-prost-build", "clap"] {
+        for name in ["tokio", "micro-core", "tonic-prost-build"] {
             assert!(usage(validate_name(name)).contains("depends on"), "{name}");
         }
         for name in ["call-request", "call-response"] {
