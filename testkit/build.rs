@@ -15,6 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some("greeter_v2_descriptor.bin"),
         ),
         ("jobs/v1/jobs.proto", None),
+        (
+            "testing/v1/everything.proto",
+            Some("everything_descriptor.bin"),
+        ),
     ] {
         let files = protox::compile([proto], ["../proto"])?;
         if let Some(descriptor) = descriptor {
@@ -22,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tonic_prost_build::configure().compile_fds(files)?;
     }
-    for folder in ["greeter", "jobs"] {
+    for folder in ["greeter", "jobs", "testing"] {
         println!("cargo:rerun-if-changed=../proto/{folder}");
     }
     Ok(())

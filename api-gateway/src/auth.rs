@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use micro_core::Auth;
-use micro_core::auth::{Credentials, Resource, Rules, TokenSource, authorize};
+use micro_core::auth::{Credentials, Resource, Rule, Rules, TokenSource, authorize};
 use tonic::metadata::{MetadataMap, MetadataValue};
 
 use crate::error::ApiError;
@@ -50,6 +50,11 @@ impl GatewayAuth {
             rules,
             cookie,
         }
+    }
+
+    /// The rules in force now (the OpenAPI document marks the endpoints they make public).
+    pub(crate) fn rules(&self) -> Arc<Vec<Rule>> {
+        self.rules.current()
     }
 
     /// Decides the call to `endpoint` ("Greeter.SayHello") of `service`, and passes the account

@@ -1,13 +1,17 @@
 //! The call path: a [`CallTarget`] resolved to a method of the service's reflected schema, the
 //! JSON transcoded to protobuf, the call made through the core client (discovery, balancing,
-//! retries), the reply transcoded back.
+//! retries), the reply transcoded back. [`prepare`] is what every call shares (metadata, auth,
+//! request id, deadline); unary calls are made here, streamed ones in `stream` (server
+//! streaming over HTTP) and `websocket` (any streaming method over a WebSocket).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
-use prost_reflect::MethodDescriptor;
+use micro_core::client::ServiceChannel;
+use prost_reflect::{DynamicMessage, MethodDescriptor};
+use tonic::metadata::MetadataMap;
 
 use crate::error::ApiError;
 use crate::gateway::GatewayState;
@@ -37,9 +41,11 @@ pub(crate) enum Input {
 
 /// What a call is counted and logged as: the registered service and the endpoint
 /// (`Greeter.SayHello`). Empty until the method is known.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Labels {
+    /// The registered service (`greeter`).
     pub(crate) service: String,
+    /// The gRPC service's short name and the method (`Greeter.SayHello`).
     pub(crate) endpoint: String,
 }
 
@@ -89,7 +95,9 @@ fn empty_message() -> prost_reflect::MessageDescriptor {
         .expect("google.protobuf.Empty is in prost-reflect's global pool")
 }
 
-/// Calls `target` with `input`; the labels say what was called, once that is known.
+/// Calls `target` with `input`; the labels say what was called, once that is known. A unary
+/// method answers its reply; a server-streaming one a stream of replies ([`crate::stream`]);
+/// client and bidi streams need a WebSocket ([`crate::websocket`]) and are refused here.
 pub(crate) async fn call(
     state: &GatewayState,
     target: &CallTarget,
@@ -100,83 +108,183 @@ pub(crate) async fn call(
         Ok(found) => found,
         Err(e) => return (Labels::default(), Err(e)),
     };
-    let labels = Labels {
-        service: target.service.clone(),
-        endpoint: format!("{}.{}", method.parent_service().name(), method.name()),
-    };
-    let result = invoke(state, &labels, &method, &schema, headers, input).await;
+    let labels = Labels::of(target, &method);
+    let result = async {
+        if method.is_client_streaming() {
+            return Ok(needs_websocket(&labels.endpoint, &method));
+        }
+        // The body is checked before the token, as it always was for unary calls.
+        let message = transcode(state, &method, input)?;
+        let prepared = prepare(state, method, &schema, headers, &labels).await?;
+        if prepared.method.is_server_streaming() {
+            crate::stream::respond(state, &labels, prepared, message, headers).await
+        } else {
+            unary(prepared, message).await
+        }
+    }
+    .await;
     (labels, result)
 }
 
-/// Transcodes, calls through the core client, transcodes back.
-async fn invoke(
-    state: &GatewayState,
-    labels: &Labels,
-    method: &MethodDescriptor,
-    schema: &Schema,
-    headers: &HeaderMap,
-    input: Input,
-) -> Result<Response, ApiError> {
-    if method.is_client_streaming() || method.is_server_streaming() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            tonic::Code::Unimplemented,
-            format!(
-                "{} is a streaming method; the gateway maps unary methods",
-                labels.endpoint
-            ),
-        ));
+impl Labels {
+    /// The labels of a call of `method` on `target`'s service.
+    pub(crate) fn of(target: &CallTarget, method: &MethodDescriptor) -> Labels {
+        Labels {
+            service: target.service.clone(),
+            endpoint: format!("{}.{}", method.parent_service().name(), method.name()),
+        }
     }
+}
+
+/// A call ready to be made: the method, the channel to its service, the request metadata
+/// (forwarded headers, the account, the request id) and the deadline. Unary and streamed calls
+/// are made from it alike.
+pub(crate) struct Prepared {
+    /// The method called.
+    pub(crate) method: MethodDescriptor,
+    /// The service's client channel (discovery, balancing, safe retries).
+    channel: ServiceChannel,
+    /// The metadata of the request, taken by [`Prepared::request`].
+    metadata: MetadataMap,
+    /// How long the whole call may take: `--timeout`, or the client's shorter `grpc-timeout`.
+    /// Sent as the gRPC deadline; a stream is ended by the gateway when it passes.
+    pub(crate) timeout: Duration,
+    /// When the call must be over (`timeout` from when it was prepared).
+    pub(crate) deadline: tokio::time::Instant,
+}
+
+impl Prepared {
+    /// The request carrying `message` (a message, or a stream of them) with the prepared
+    /// metadata and deadline.
+    pub(crate) fn request<T>(&mut self, message: T) -> tonic::Request<T> {
+        let metadata = std::mem::take(&mut self.metadata);
+        let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::new(), message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// A gRPC client on the service's channel, ready for a call.
+    pub(crate) async fn grpc(&self) -> Result<tonic::client::Grpc<ServiceChannel>, ApiError> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| ApiError::from_status(&tonic::Status::from_error(Box::new(e))))?;
+        Ok(grpc)
+    }
+
+    /// The gRPC path of the method.
+    pub(crate) fn path(&self) -> http::uri::PathAndQuery {
+        dynamic::path(&self.method)
+    }
+
+    /// The codec of the method: any request message out, its output message in.
+    pub(crate) fn codec(&self) -> DynamicCodec {
+        DynamicCodec::new(self.method.output())
+    }
+}
+
+/// The request message of `input`: the JSON body, or the query mapped onto fields.
+pub(crate) fn transcode(
+    state: &GatewayState,
+    method: &MethodDescriptor,
+    input: Input,
+) -> Result<DynamicMessage, ApiError> {
     let body = match input {
         Input::Json(body) => body,
         Input::Query(query) => dynamic::query_to_json(&method.input(), &query)?,
     };
-    let message = dynamic::from_json(&method.input(), &body, state.options.allow_unknown_fields)?;
-    let mut request = tonic::Request::new(message);
-    forward_metadata(headers, request.metadata_mut());
+    Ok(dynamic::from_json(
+        &method.input(),
+        &body,
+        state.options.allow_unknown_fields,
+    )?)
+}
+
+/// Everything a call needs but its message: end-to-end headers forwarded as metadata, the auth
+/// decision (401/403 here, before anything is sent or upgraded), a request id, the deadline.
+pub(crate) async fn prepare(
+    state: &GatewayState,
+    method: MethodDescriptor,
+    schema: &Schema,
+    headers: &HeaderMap,
+    labels: &Labels,
+) -> Result<Prepared, ApiError> {
+    let mut metadata = MetadataMap::new();
+    forward_metadata(headers, &mut metadata);
     if let Some(auth) = &state.auth {
-        auth.authorize(
-            headers,
-            &labels.service,
-            &labels.endpoint,
-            request.metadata_mut(),
-        )
-        .await?;
+        auth.authorize(headers, &labels.service, &labels.endpoint, &mut metadata)
+            .await?;
     }
-    if !request.metadata().contains_key("x-request-id") {
+    if !metadata.contains_key("x-request-id") {
         // One id per call, logged by the gateway and by the service that handles it.
         let id = format!("{:016x}", fastrand::u64(..));
         tracing::Span::current().record("request_id", id.as_str());
         if let Ok(value) = id.parse() {
-            request.metadata_mut().insert("x-request-id", value);
+            metadata.insert("x-request-id", value);
         }
     }
     let timeout = micro_core::grpc::grpc_timeout(headers)
         .map_or(state.options.timeout, |t| t.min(state.options.timeout));
-    request.set_timeout(timeout);
-    let path = dynamic::path(method);
-    let mut grpc = tonic::client::Grpc::new(schema.channel.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| ApiError::from_status(&tonic::Status::from_error(Box::new(e))))?;
+    Ok(Prepared {
+        method,
+        channel: schema.channel.clone(),
+        metadata,
+        timeout,
+        deadline: tokio::time::Instant::now() + timeout,
+    })
+}
+
+/// One request, one reply.
+async fn unary(mut prepared: Prepared, message: DynamicMessage) -> Result<Response, ApiError> {
+    let mut grpc = prepared.grpc().await?;
+    let (path, codec) = (prepared.path(), prepared.codec());
     let reply = grpc
-        .unary(request, path, DynamicCodec::new(method.output()))
+        .unary(prepared.request(message), path, codec)
         .await
         .map_err(|status| ApiError::from_status(&status))?;
-    let body = dynamic::to_json(reply.get_ref()).map_err(|e| {
+    let body = reply_json(reply.get_ref())?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A reply as JSON; a reply that cannot be written as JSON is the gateway's `INTERNAL` error.
+pub(crate) fn reply_json(reply: &DynamicMessage) -> Result<Vec<u8>, ApiError> {
+    dynamic::to_json(reply).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             tonic::Code::Internal,
             e.message,
         )
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    })
+}
+
+/// 426 for a client- or bidi-streaming method called without a WebSocket: it needs one.
+fn needs_websocket(endpoint: &str, method: &MethodDescriptor) -> Response {
+    let kind = if method.is_server_streaming() {
+        "bidi-streaming"
+    } else {
+        "client-streaming"
+    };
+    let mut response = ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        tonic::Code::FailedPrecondition,
+        format!(
+            "{endpoint} is a {kind} method: call it over a WebSocket (GET with `Upgrade: websocket`), one JSON message per text frame"
+        ),
+    )
+    .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    response
 }
 
 /// Finds the method (and the schema it came from); when it is unknown and the cached
 /// descriptors are not fresh, fetches them again once (a service may have been redeployed with
 /// a new method).
-async fn resolve_method(
+pub(crate) async fn resolve_method(
     state: &GatewayState,
     target: &CallTarget,
 ) -> Result<(MethodDescriptor, Arc<Schema>), ApiError> {

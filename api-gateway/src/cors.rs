@@ -26,7 +26,8 @@ impl Cors {
         }
     }
 
-    fn allows(&self, origin: &str) -> bool {
+    /// Whether `origin` may call the gateway from a browser.
+    pub(crate) fn allows(&self, origin: &str) -> bool {
         self.origins.iter().any(|o| o == "*" || o == origin)
     }
 

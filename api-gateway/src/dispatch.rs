@@ -26,6 +26,8 @@ const MAX_HEADER_BYTES: usize = 32 * 1024;
 enum Routed {
     Answer(Response),
     Call(CallTarget, http::HeaderMap, Input),
+    /// A call over a WebSocket (`GET` with `Upgrade: websocket`): the request head, to upgrade.
+    Upgrade(CallTarget, http::request::Parts),
 }
 
 /// The axum handler of every request: admit, route, answer, count.
@@ -45,6 +47,9 @@ pub(crate) async fn dispatch(
             Ok(Routed::Answer(response)) => (Labels::default(), Ok(response)),
             Ok(Routed::Call(target, headers, input)) => {
                 call::call(&state, &target, &headers, input).await
+            }
+            Ok(Routed::Upgrade(target, parts)) => {
+                crate::websocket::call(&state, &target, parts).await
             }
             Err(e) => (Labels::default(), Err(e)),
         }
@@ -159,6 +164,19 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
             }
             json(serde_json::json!({ "name": service, "services": services }))
         }
+        Target::OpenApi => {
+            only(Method::GET, "GET")?;
+            crate::openapi::document(state, None).await?
+        }
+        Target::ServiceOpenApi(service) => {
+            only(Method::GET, "GET")?;
+            crate::openapi::document(state, Some(service)).await?
+        }
+        Target::Docs(asset) => {
+            only(Method::GET, "GET")?;
+            crate::docs::serve(asset)?
+        }
+        Target::Mcp => return crate::mcp::handle(state, request).await.map(Routed::Answer),
         Target::Rpc => {
             only(Method::POST, "POST")?;
             let (headers, body) = read_body(request, state.options.max_body).await?;
@@ -176,6 +194,10 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
                 method: method_name.to_string(),
             };
             return match method {
+                Method::GET if crate::websocket::is_upgrade(request.headers()) => {
+                    let (parts, _) = request.into_parts();
+                    Ok(Routed::Upgrade(target, parts))
+                }
                 Method::GET => {
                     let query = request.uri().query().unwrap_or_default().to_string();
                     let (parts, _) = request.into_parts();

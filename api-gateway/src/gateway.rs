@@ -41,7 +41,7 @@ pub(crate) struct GatewayState {
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) schemas: Arc<Schemas>,
     pub(crate) limiter: Option<Arc<ClientLimiter>>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) cors: Cors,
     pub(crate) auth: Option<GatewayAuth>,
 }
@@ -61,7 +61,7 @@ impl Gateway {
                 registry,
                 schemas,
                 limiter,
-                metrics: Metrics::default(),
+                metrics: Arc::default(),
                 cors,
                 auth: None,
             }),

@@ -1,9 +1,10 @@
-//! Request counts and latency in Prometheus text format.
+//! Request counts and latency in Prometheus text format; streamed calls are also counted when
+//! they end, by gRPC code, with the messages they carried.
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -24,6 +25,15 @@ struct Endpoint {
 #[derive(Default)]
 pub(crate) struct Metrics {
     services: Mutex<HashMap<String, HashMap<String, Endpoint>>>,
+    streams: Mutex<HashMap<(String, String), Streams>>,
+}
+
+/// One endpoint's streamed calls: how they ended (by gRPC code) and the messages they carried.
+#[derive(Default)]
+struct Streams {
+    by_code: Vec<(tonic::Code, u64)>,
+    messages_in: u64,
+    messages_out: u64,
 }
 
 impl Metrics {
@@ -50,6 +60,34 @@ impl Metrics {
         }
         stats.sum += seconds;
         stats.count += 1;
+    }
+
+    /// Starts counting a streamed call of `endpoint`; it is recorded when the returned
+    /// [`StreamRecord`] is finished or dropped (dropped unfinished: the client went away,
+    /// counted as `CANCELLED`).
+    pub(crate) fn stream(self: &Arc<Self>, service: &str, endpoint: &str) -> StreamRecord {
+        StreamRecord {
+            metrics: self.clone(),
+            service: service.to_string(),
+            endpoint: endpoint.to_string(),
+            started: Instant::now(),
+            messages_in: 0,
+            messages_out: 0,
+            code: None,
+        }
+    }
+
+    fn record_stream(&self, record: &StreamRecord, code: tonic::Code) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = streams
+            .entry((record.service.clone(), record.endpoint.clone()))
+            .or_default();
+        match stats.by_code.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => stats.by_code.push((code, 1)),
+        }
+        stats.messages_in += record.messages_in;
+        stats.messages_out += record.messages_out;
     }
 
     /// The Prometheus text exposition, sorted by labels.
@@ -103,7 +141,105 @@ impl Metrics {
                 stats.count
             );
         }
+        drop(services);
+        self.render_streams(&mut out);
         out
+    }
+
+    fn render_streams(&self, out: &mut String) {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<(&(String, String), &Streams)> = streams.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        out.push_str("# HELP micro_gateway_streams_total Streamed calls (NDJSON, SSE, WebSocket) by service, endpoint and the gRPC code they ended with.\n# TYPE micro_gateway_streams_total counter\n");
+        for ((service, endpoint), stats) in &rows {
+            let mut by_code = stats.by_code.clone();
+            by_code.sort_unstable_by_key(|(code, _)| *code as i32);
+            for (code, n) in by_code {
+                let _ = writeln!(
+                    out,
+                    "micro_gateway_streams_total{{service=\"{}\",endpoint=\"{}\",code=\"{}\"}} {n}",
+                    escape(service),
+                    escape(endpoint),
+                    code_name(code)
+                );
+            }
+        }
+        out.push_str("# HELP micro_gateway_stream_messages_total Messages carried by ended streamed calls, from the client (in) and to it (out).\n# TYPE micro_gateway_stream_messages_total counter\n");
+        for ((service, endpoint), stats) in &rows {
+            for (direction, n) in [("in", stats.messages_in), ("out", stats.messages_out)] {
+                let _ = writeln!(
+                    out,
+                    "micro_gateway_stream_messages_total{{service=\"{}\",endpoint=\"{}\",direction=\"{direction}\"}} {n}",
+                    escape(service),
+                    escape(endpoint)
+                );
+            }
+        }
+    }
+}
+
+/// One streamed call being counted (see [`Metrics::stream`]).
+pub(crate) struct StreamRecord {
+    metrics: Arc<Metrics>,
+    service: String,
+    endpoint: String,
+    started: Instant,
+    messages_in: u64,
+    messages_out: u64,
+    code: Option<tonic::Code>,
+}
+
+impl StreamRecord {
+    /// Counts `received` messages from the client and `sent` to it.
+    pub(crate) fn messages(&mut self, received: u64, sent: u64) {
+        self.messages_in += received;
+        self.messages_out += sent;
+    }
+
+    /// Records how the stream ended (the first call counts; a drop after it records nothing).
+    pub(crate) fn finish(&mut self, code: tonic::Code) {
+        if self.code.is_none() {
+            self.code = Some(code);
+            self.metrics.record_stream(self, code);
+            tracing::debug!(
+                code = code_name(code),
+                messages_in = self.messages_in,
+                messages_out = self.messages_out,
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "stream ended"
+            );
+        }
+    }
+}
+
+impl Drop for StreamRecord {
+    fn drop(&mut self) {
+        // Dropped before it ended: the client went away (the body or the socket was dropped).
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+/// The canonical name of a gRPC code (`OK`, `INVALID_ARGUMENT`), as gRPC's own metrics label it.
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -137,5 +273,30 @@ mod tests {
             text.contains("_count{service=\"greeter\",endpoint=\"Greeter.SayHello\"} 3"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn counts_streams_by_code_when_they_end() {
+        let metrics = Arc::new(Metrics::default());
+        let mut ok = metrics.stream("greeter", "Greeter.Chat");
+        ok.messages(1, 2);
+        ok.finish(tonic::Code::Ok);
+        drop(ok);
+        let gone = metrics.stream("greeter", "Greeter.Chat");
+        let text = metrics.render();
+        assert!(
+            !text.contains("CANCELLED"),
+            "not counted before it ends: {text}"
+        );
+        drop(gone);
+        let text = metrics.render();
+        for line in [
+            "micro_gateway_streams_total{service=\"greeter\",endpoint=\"Greeter.Chat\",code=\"OK\"} 1",
+            "micro_gateway_streams_total{service=\"greeter\",endpoint=\"Greeter.Chat\",code=\"CANCELLED\"} 1",
+            "micro_gateway_stream_messages_total{service=\"greeter\",endpoint=\"Greeter.Chat\",direction=\"in\"} 1",
+            "micro_gateway_stream_messages_total{service=\"greeter\",endpoint=\"Greeter.Chat\",direction=\"out\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

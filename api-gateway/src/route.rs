@@ -17,6 +17,14 @@ pub(crate) enum Target<'a> {
     Metrics,
     /// `/rpc`: service and endpoint in the body.
     Rpc,
+    /// `/openapi.json`: every routable endpoint of every registered service.
+    OpenApi,
+    /// `/{service}/openapi.json`: one service's endpoints.
+    ServiceOpenApi(&'a str),
+    /// `/docs` (the page) or `/docs/{asset}` (its scripts and styles).
+    Docs(Option<&'a str>),
+    /// `/mcp`: the Model Context Protocol endpoint.
+    Mcp,
     /// `/{service}`: describe it.
     Describe(&'a str),
     /// `/{service}/[{Service}/]{Method}`: call it.
@@ -78,6 +86,11 @@ pub(crate) fn parse(path: &str) -> Result<Target<'_>, ApiError> {
         ["health"] => Target::Health,
         ["metrics"] => Target::Metrics,
         ["rpc"] => Target::Rpc,
+        ["openapi.json"] => Target::OpenApi,
+        ["docs"] => Target::Docs(None),
+        ["docs", asset] => Target::Docs(Some(asset)),
+        ["mcp"] => Target::Mcp,
+        [service, "openapi.json"] => Target::ServiceOpenApi(service),
         [service] => Target::Describe(service),
         [service, method] => Target::Call {
             service,

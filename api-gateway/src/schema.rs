@@ -1,7 +1,10 @@
 //! Descriptors per registered service: fetched by reflection from a live node on first use,
-//! kept until the registry reports a change to that service.
+//! kept until the registry reports a change to that service. What is built from them (the
+//! OpenAPI documents) is kept beside them and dropped with any of them.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,11 +28,18 @@ pub(crate) struct Schema {
 
 type Entry = Arc<OnceCell<Arc<Schema>>>;
 
+/// A value built from the descriptors, kept by key.
+type Derived = Arc<dyn Any + Send + Sync>;
+
 /// The cache, shared by every request.
 pub(crate) struct Schemas {
     registry: Arc<dyn Registry>,
     client: Client,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Counts the schemas dropped: a value built at an older generation may be stale.
+    generation: AtomicU64,
+    /// Values built from the schemas (the OpenAPI documents), dropped with any schema.
+    derived: Mutex<HashMap<String, Derived>>,
 }
 
 impl Schemas {
@@ -39,6 +49,8 @@ impl Schemas {
             registry,
             client,
             entries: Mutex::default(),
+            generation: AtomicU64::new(0),
+            derived: Mutex::default(),
         });
         tokio::spawn(invalidate_on_change(Arc::downgrade(&schemas)));
         schemas
@@ -50,14 +62,49 @@ impl Schemas {
         let result = entry.get_or_try_init(|| self.fetch(service)).await.cloned();
         if result.is_err() {
             // Do not keep entries for names that failed (unknown services must not pile up).
-            self.forget(service);
+            // Nothing built from the schemas had this one: what was built stays good.
+            self.lock().remove(service);
         }
         result
     }
 
-    /// Drops the schema of `service`; the next request fetches it again.
+    /// Drops the schema of `service`, and every value built from the schemas; the next request
+    /// fetches it again.
     pub(crate) fn forget(&self, service: &str) {
         self.lock().remove(service);
+        self.invalidate_derived();
+    }
+
+    /// The current generation: it changes whenever a schema is dropped. Read it before
+    /// building a value from the schemas, and [`keep`](Schemas::keep) the value with it.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The value kept under `key`, if no schema was dropped since it was built.
+    pub(crate) fn derived<T: Any + Send + Sync>(&self, key: &str) -> Option<Arc<T>> {
+        let value = self.lock_derived().get(key).cloned()?;
+        value.downcast::<T>().ok()
+    }
+
+    /// Keeps `value`, built from the schemas of `generation`, under `key`; unless a schema was
+    /// dropped since (the value may be stale: the next request builds it again).
+    pub(crate) fn keep<T: Any + Send + Sync>(&self, key: &str, generation: u64, value: Arc<T>) {
+        let mut derived = self.lock_derived();
+        // Compared under the lock that `invalidate_derived` clears under.
+        if self.generation() == generation {
+            derived.insert(key.to_string(), value);
+        }
+    }
+
+    fn invalidate_derived(&self) {
+        let mut derived = self.lock_derived();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        derived.clear();
+    }
+
+    fn lock_derived(&self) -> std::sync::MutexGuard<'_, HashMap<String, Derived>> {
+        self.derived.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn fetch(&self, service: &str) -> Result<Arc<Schema>, ApiError> {
@@ -142,7 +189,48 @@ async fn invalidate_on_change(schemas: std::sync::Weak<Schemas>) {
         }
         if let Some(schemas) = schemas.upgrade() {
             schemas.lock().clear();
+            schemas.invalidate_derived();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn derived_values_go_with_any_schema_and_never_come_back_stale() {
+        let registry: Arc<dyn Registry> = Arc::new(micro_memory::MemoryRegistry::new());
+        let options = micro_core::Options::new("gateway")
+            .load_from(["gateway"])
+            .expect("options");
+        let schemas = Schemas::new(registry.clone(), Client::new(&options, registry));
+        let generation = schemas.generation();
+        schemas.keep("doc", generation, Arc::new(String::from("v1")));
+        assert_eq!(
+            schemas.derived::<String>("doc").as_deref(),
+            Some(&"v1".into())
+        );
+        assert!(
+            schemas.derived::<u32>("doc").is_none(),
+            "another type is not it"
+        );
+        schemas.forget("greeter");
+        assert!(
+            schemas.derived::<String>("doc").is_none(),
+            "dropped with a schema"
+        );
+        // Built before the drop: not kept.
+        schemas.keep("doc", generation, Arc::new(String::from("stale")));
+        assert!(schemas.derived::<String>("doc").is_none());
+        // A failed fetch is no change: what was built stays.
+        let generation = schemas.generation();
+        schemas.keep("doc", generation, Arc::new(String::from("v2")));
+        assert!(schemas.get("nobody").await.is_err());
+        assert_eq!(
+            schemas.derived::<String>("doc").as_deref(),
+            Some(&"v2".into())
+        );
     }
 }

@@ -129,7 +129,7 @@ async fn check(client: &Client, service: &str, node: &Node) -> Health {
         Ok(Err(status)) => (
             format!(
                 "{}: {}",
-                crate::error::code_name(status.code()),
+                micro_core::grpc::code_name(status.code()),
                 status.message()
             ),
             false,
@@ -237,7 +237,7 @@ pub(crate) async fn describe(
                         "name": format!("{}.{}", m.parent_service().name(), m.name()),
                         "method": format!("{}/{}", m.parent_service().full_name(), m.name()),
                         "streaming": streaming(m),
-                        "description": comment(m),
+                        "description": dynamic::method_comment(m),
                         "request": message_json(&m.input()),
                         "response": message_json(&m.output()),
                     })
@@ -284,7 +284,7 @@ pub(crate) async fn describe(
                     format!("  ({kind} streaming)")
                 };
                 output::line(&format!("{}{kind}", output::bold(&name)));
-                if let Some(comment) = comment(method) {
+                if let Some(comment) = dynamic::method_comment(method) {
                     output::line(&format!("  {comment}"));
                 }
                 for (label, message) in [("request", method.input()), ("response", method.output())]
@@ -344,22 +344,6 @@ pub(crate) fn streaming(method: &MethodDescriptor) -> &'static str {
         (true, false) => "client",
         (true, true) => "bidi",
     }
-}
-
-/// The method's leading proto comment, when the descriptors carry it.
-fn comment(method: &MethodDescriptor) -> Option<String> {
-    let text = method
-        .parent_file()
-        .file_descriptor_proto()
-        .source_code_info
-        .as_ref()?
-        .location
-        .iter()
-        .find(|l| l.path == method.path())?
-        .leading_comments
-        .clone()?;
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!text.is_empty()).then_some(text)
 }
 
 /// The routable gRPC services of `service` (of one node when `node` is given), by reflection.

@@ -59,14 +59,51 @@ pub fn test_options(name: &str) -> Options {
 
 /// The greeter's handler: SayHello replies `"<greeting> <name>"`, after `delay`;
 /// SayHelloStream replies `"<greeting> <name> <i>"` for i in 1..=count (0: 3; above 10000:
-/// `INVALID_ARGUMENT`), `interval_ms` apart; Chat replies `"<greeting> <name>"` to each request
-/// of the client's stream until it ends.
+/// `INVALID_ARGUMENT`), `interval_ms` apart, and for the name `fail-after-<n>` fails with
+/// `ABORTED` after `n` replies; Chat replies `"<greeting> <name>"` to each request of the
+/// client's stream until it ends. Each stream's end is reported to `stream_ends`, if set.
 #[derive(Clone, Debug)]
 pub struct Greeter {
     /// The word before the name ("Hello").
     pub greeting: String,
     /// How long each SayHello reply takes (for timeouts and draining a slow call).
     pub delay: Duration,
+    /// Where SayHelloStream and Chat report how each of their streams ended (a test watching
+    /// for a cancelled call).
+    pub stream_ends: Option<mpsc::UnboundedSender<StreamEnd>>,
+}
+
+/// How one SayHelloStream or Chat stream ended, as its producer saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEnd {
+    /// `SayHelloStream` or `Chat`.
+    pub method: &'static str,
+    /// The request's name (SayHelloStream), or the last name chatted (Chat).
+    pub name: String,
+    /// Replies handed to the stream before it ended.
+    pub sent: u32,
+    /// How it ended.
+    pub how: Ended,
+}
+
+/// How a stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Every reply was sent (SayHelloStream), or the client's requests ended (Chat; tonic hands
+    /// a handler a request stream reset by the client as one that ended, so a cancelled Chat
+    /// idle between messages reads as this too).
+    Completed,
+    /// The stream failed on purpose (`fail-after-<n>`).
+    Failed,
+    /// The client went away (the call was cancelled): the producer stopped early.
+    ClientGone,
+}
+
+/// Sends `end` to `ends`, when a test listens.
+fn report(ends: Option<&mpsc::UnboundedSender<StreamEnd>>, end: StreamEnd) {
+    if let Some(ends) = ends {
+        let _ = ends.send(end);
+    }
 }
 
 /// The most replies one SayHelloStream call may ask for.
@@ -94,6 +131,7 @@ impl Greeter {
         Greeter {
             greeting: greeting.into(),
             delay: Duration::ZERO,
+            stream_ends: None,
         }
     }
 }
@@ -142,22 +180,41 @@ impl greeter::v1::greeter_server::Greeter for Greeter {
         };
         let interval = Duration::from_millis(interval_ms.into());
         let greeting = self.greeting.clone();
+        let fail_after = name
+            .strip_prefix("fail-after-")
+            .and_then(|n| n.parse::<u32>().ok());
+        let ends = self.stream_ends.clone();
         let (replies, stream) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
+            let end = |sent: u32, how: Ended| StreamEnd {
+                method: "SayHelloStream",
+                name: name.clone(),
+                sent,
+                how,
+            };
             for i in 1..=count {
+                if fail_after == Some(i - 1) {
+                    let status =
+                        Status::aborted(format!("{name}: failing after {} replies", i - 1));
+                    let _ = replies.send(Err(status)).await;
+                    return report(ends.as_ref(), end(i - 1, Ended::Failed));
+                }
                 if i > 1 && !interval.is_zero() {
                     tokio::select! {
                         () = tokio::time::sleep(interval) => {}
-                        () = replies.closed() => return,
+                        () = replies.closed() => {
+                            return report(ends.as_ref(), end(i - 1, Ended::ClientGone));
+                        }
                     }
                 }
                 let reply = HelloReply {
                     message: format!("{greeting} {name} {i}"),
                 };
                 if replies.send(Ok(reply)).await.is_err() {
-                    return;
+                    return report(ends.as_ref(), end(i - 1, Ended::ClientGone));
                 }
             }
+            report(ends.as_ref(), end(count, Ended::Completed));
         });
         Ok(Response::new(ReceiverStream::new(stream)))
     }
@@ -170,27 +227,44 @@ impl greeter::v1::greeter_server::Greeter for Greeter {
     ) -> Result<Response<ReplyStream>, Status> {
         let mut requests = request.into_inner();
         let greeting = self.greeting.clone();
+        let ends = self.stream_ends.clone();
         let (replies, stream) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
-            loop {
+            let (mut sent, mut name) = (0, String::new());
+            let how = loop {
                 let next = tokio::select! {
                     next = requests.message() => next,
-                    () = replies.closed() => return,
+                    () = replies.closed() => break Ended::ClientGone,
                 };
                 let (reply, last) = match next {
-                    Ok(Some(request)) => (
-                        Ok(HelloReply {
-                            message: format!("{greeting} {}", request.name),
-                        }),
-                        false,
-                    ),
-                    Ok(None) => return,
+                    Ok(Some(request)) => {
+                        name = request.name;
+                        (
+                            Ok(HelloReply {
+                                message: format!("{greeting} {name}"),
+                            }),
+                            false,
+                        )
+                    }
+                    Ok(None) => break Ended::Completed,
                     Err(status) => (Err(status), true),
                 };
-                if replies.send(reply).await.is_err() || last {
-                    return;
+                if replies.send(reply).await.is_err() {
+                    break Ended::ClientGone;
                 }
-            }
+                if last {
+                    // The client's stream failed (it went away mid-stream).
+                    break Ended::ClientGone;
+                }
+                sent += 1;
+            };
+            let end = StreamEnd {
+                method: "Chat",
+                name,
+                sent,
+                how,
+            };
+            report(ends.as_ref(), end);
         });
         Ok(Response::new(ReceiverStream::new(stream)))
     }

@@ -19,8 +19,10 @@
 //! .await;
 //! ```
 //!
-//! - fixtures: [`greeter`], [`jobs`], [`Greeter`], [`GreeterV2`], [`test_options`],
-//!   [`greeter_server`], [`start_greeter`], [`start_greeter_v2`];
+//! - fixtures: [`greeter`], [`jobs`], [`Greeter`] (its streams report how they end:
+//!   [`StreamEnd`], [`Ended`]), [`GreeterV2`], [`test_options`],
+//!   [`greeter_server`], [`start_greeter`], [`start_greeter_v2`]; [`testing`] (every shape of
+//!   the JSON mapping) and its echo service [`EchoEverything`], [`start_everything`];
 //! - deadlines: [`REGISTER_TTL`], [`REGISTER_INTERVAL`], [`SLACK`], [`EXPIRY`], [`PROPAGATION`];
 //! - waiting: [`eventually`] (async, the conformance suites' own), [`wait_until`] (blocking),
 //!   [`prompt_error`] and [`error_naming`] (an attempt that must fail, naming what it tried);
@@ -41,6 +43,7 @@ mod collect;
 pub mod doomed;
 mod etcd;
 mod events;
+mod everything;
 mod fixture;
 mod http;
 mod process;
@@ -51,13 +54,14 @@ mod wrapped;
 pub use collect::{Collected, collecting};
 pub use etcd::PrivateEtcd;
 pub use events::dead_letters;
+pub use everything::{EchoEverything, start_everything};
 pub use fixture::{
-    EXPIRY, Greeter, GreeterV2, NoStream, PROPAGATION, REGISTER_INTERVAL, REGISTER_INTERVAL_ARG,
-    REGISTER_TTL, REGISTER_TTL_ARG, SHORT_TTL_ARGS, SLACK, greeter_server, no_stream,
-    start_greeter, start_greeter_v2, test_options,
+    EXPIRY, Ended, Greeter, GreeterV2, NoStream, PROPAGATION, REGISTER_INTERVAL,
+    REGISTER_INTERVAL_ARG, REGISTER_TTL, REGISTER_TTL_ARG, SHORT_TTL_ARGS, SLACK, StreamEnd,
+    greeter_server, no_stream, start_greeter, start_greeter_v2, test_options,
 };
 pub use http::{HttpResponse, get, post, raw_http};
-pub use process::{Finished, GatewayProcess, Process, binary, run};
+pub use process::{Finished, GatewayProcess, Process, binary, python, run, run_command};
 pub use server::{PrivateServer, accepts, free_port};
 pub use wait::{error_naming, eventually, prompt_error, wait_until};
 pub use wrapped::Wrapped;
@@ -83,6 +87,20 @@ pub mod greeter {
     /// The encoded `FileDescriptorSet` of `greeter.v2`.
     pub const DESCRIPTORS_V2: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/greeter_v2_descriptor.bin"));
+}
+
+/// Generated code and descriptors of `proto/testing/v1/everything.proto`: every shape of the
+/// proto3 JSON mapping, served by [`EchoEverything`] ([`start_everything`]).
+pub mod testing {
+    /// Package `testing.v1`.
+    #[allow(missing_docs, unreachable_pub, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("testing.v1");
+    }
+
+    /// The encoded `FileDescriptorSet` of `testing.v1` (with its well-known imports).
+    pub const DESCRIPTORS: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/everything_descriptor.bin"));
 }
 
 /// Generated code of `proto/jobs/v1/jobs.proto`.

@@ -293,17 +293,34 @@ pub fn run(
     stdin: &str,
     deadline: Duration,
 ) -> Finished {
-    use std::io::{Read, Write};
     let mut command = Command::new(binary(name));
-    command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(args);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MICRO_")) {
         command.env_remove(key);
     }
     command.envs(env.iter().copied());
+    run_command(command, stdin, deadline)
+}
+
+/// Runs `tests/python/<script>` with `python3` to the end (the Python clients the tests drive:
+/// grpcio, websockets, the MCP SDK; `scripts/setup` installs them).
+pub fn python(script: &str, args: &[&str], deadline: Duration) -> Finished {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/python")
+        .join(script);
+    let mut command = Command::new("python3");
+    command.arg(path).args(args);
+    run_command(command, "", deadline)
+}
+
+/// Runs `command` to the end with `stdin`; kills it and panics past `deadline`.
+pub fn run_command(mut command: Command, stdin: &str, deadline: Duration) -> Finished {
+    use std::io::{Read, Write};
+    let name = format!("{command:?}");
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("start {name}: {e}"));
@@ -330,8 +347,7 @@ pub fn run(
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "`{name} {}` did not finish within {deadline:?}; stderr: {}",
-                args.join(" "),
+                "{name} did not finish within {deadline:?}; stderr: {}",
                 stderr.join().unwrap_or_default()
             );
         }

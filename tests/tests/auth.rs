@@ -5,11 +5,13 @@
 //! restart. Then the gateway alone: a plain greeter with no auth of its own behind it (the
 //! 401/403 are the gateway's), and, in process with an Auth that is not JWT, the verified
 //! account reaching the service as metadata while a client's own `x-micro-account-*` is dropped.
+//! MCP tools follow the same rules as HTTP calls.
 
 use std::time::Duration;
 
 use micro_testkit::{
-    GatewayProcess, HttpResponse, PROPAGATION, Process, SHORT_TTL_ARGS, raw_http, wait_until,
+    GatewayProcess, HttpResponse, PROPAGATION, Process, SHORT_TTL_ARGS, python, raw_http,
+    wait_until,
 };
 
 const ENV: [(&str, &str); 3] = [
@@ -286,6 +288,44 @@ fn the_gateway_alone_refuses_for_a_service_without_auth() {
         "{}",
         ok.body
     );
+
+    // The same rules hold for MCP tools, with the bearer token of the MCP request (the official
+    // MCP Python SDK as the client).
+    let url = format!("http://{http}/mcp");
+    let tool_call = |token: Option<&str>| {
+        let mut args = vec![url.as_str(), "call"];
+        args.extend(token);
+        let run = python("mcp_client.py", &args, Duration::from_secs(60));
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let line: serde_json::Value =
+            serde_json::from_str(run.stdout.trim()).expect("one JSON line");
+        line["call"].clone()
+    };
+    let refused = tool_call(None);
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert!(
+        refused["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("UNAUTHENTICATED: ")),
+        "{refused}"
+    );
+    let forbidden = tool_call(Some(&bob));
+    assert!(
+        forbidden["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("PERMISSION_DENIED: ")),
+        "{forbidden}"
+    );
+    let allowed = tool_call(Some(&alice));
+    assert_eq!(
+        (
+            allowed["isError"].clone(),
+            allowed["structured"]["message"].clone()
+        ),
+        (false.into(), "Hello Agent".into()),
+        "{allowed}"
+    );
+
     assert!(!gateway.process.stderr().contains("panicked"));
     drop(greeter);
     std::fs::remove_dir_all(&dir).expect("cleanup");

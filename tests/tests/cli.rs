@@ -67,6 +67,19 @@ fn node_count(listed: &Value, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A gateway and one greeter registered with it, once `micro services` lists the greeter.
+fn gateway_with_greeter() -> (GatewayProcess, Process) {
+    let gateway = GatewayProcess::start(&[]);
+    let greeter = gateway.greeter(&[]);
+    let vars = at(&gateway);
+    let vars = env(&vars);
+    wait_until(PROPAGATION, "greeter listed by micro services", || {
+        let listed = json_of(micro(&["services", "-o", "json"], &vars).success());
+        node_count(&listed, "greeter") == 1
+    });
+    (gateway, greeter)
+}
+
 #[test]
 fn services_and_describe_read_the_embedded_registry_and_etcd() {
     let gateway = GatewayProcess::start(&[]);
@@ -293,16 +306,9 @@ fn call_through_etcd_with_no_gateway_from_arguments_files_stdin_and_one_node() {
 
 #[test]
 fn bad_input_is_a_one_line_error_with_the_documented_exit_code() {
-    let gateway = GatewayProcess::start(&[]);
-    let _greeter = gateway.greeter(&[]);
+    let (gateway, _greeter) = gateway_with_greeter();
     let vars = at(&gateway);
     let vars = env(&vars);
-    wait_until(PROPAGATION, "greeter registered", || {
-        node_count(
-            &json_of(micro(&["services", "-o", "json"], &vars).success()),
-            "greeter",
-        ) == 1
-    });
     let cases: [(&[&str], i32, &str); 9] = [
         (
             &["call", "nope", "X"],
@@ -393,21 +399,8 @@ fn bad_input_is_a_one_line_error_with_the_documented_exit_code() {
 
 #[test]
 fn a_server_stream_prints_each_message_as_it_arrives() {
-    let gateway = GatewayProcess::start(&[]);
-    let _greeter = gateway.greeter(&[]);
+    let (gateway, _greeter) = gateway_with_greeter();
     let registry = gateway.registry.to_string();
-    wait_until(PROPAGATION, "greeter registered", || {
-        node_count(
-            &json_of(
-                micro(
-                    &["services", "-o", "json"],
-                    &[("MICRO_REGISTRY_ADDRESS", &registry)],
-                )
-                .success(),
-            ),
-            "greeter",
-        ) == 1
-    });
     let mut stream = Process::start(
         "micro",
         &[
@@ -439,21 +432,8 @@ fn a_server_stream_prints_each_message_as_it_arrives() {
 
 #[test]
 fn a_bidi_stream_is_fed_from_stdin_line_by_line() {
-    let gateway = GatewayProcess::start(&[]);
-    let _greeter = gateway.greeter(&[]);
+    let (gateway, _greeter) = gateway_with_greeter();
     let registry = gateway.registry.to_string();
-    wait_until(PROPAGATION, "greeter registered", || {
-        node_count(
-            &json_of(
-                micro(
-                    &["services", "-o", "json"],
-                    &[("MICRO_REGISTRY_ADDRESS", &registry)],
-                )
-                .success(),
-            ),
-            "greeter",
-        ) == 1
-    });
     let mut chat = Command::new(micro_testkit::binary("micro"))
         .args([
             "--registry-address",

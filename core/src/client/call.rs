@@ -167,22 +167,7 @@ async fn attempts(
         let target = inner
             .pick(&resolved, &[])
             .ok_or_else(|| no_node(inner, service))?;
-        return target
-            .channel
-            .clone()
-            .oneshot(request)
-            .await
-            .map_err(|error| {
-                if let Some(late) = deadline_passed(&error, service) {
-                    return late;
-                }
-                inner.cool(&target.node.address);
-                tonic::Status::unavailable(format!(
-                    "node {} of `{service}` failed: {error}",
-                    target.node.address
-                ))
-                .into()
-            });
+        return send_once(inner, service, target, request).await;
     }
     let (parts, body) = request.into_parts();
     let body = SharedBody::new(body);
@@ -231,6 +216,31 @@ async fn attempts(
     })
 }
 
+/// Sends `request` to `target` alone; a failure cools the node, unless it was the deadline.
+async fn send_once(
+    inner: &Inner,
+    service: &str,
+    target: &Target,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    target
+        .channel
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|error| {
+            if let Some(late) = deadline_passed(&error, service) {
+                return late;
+            }
+            inner.cool(&target.node.address);
+            tonic::Status::unavailable(format!(
+                "node {} of `{service}` failed: {error}",
+                target.node.address
+            ))
+            .into()
+        })
+}
+
 /// A call to one chosen node: no balancing, no retry on another node.
 async fn pinned(
     inner: &Inner,
@@ -261,21 +271,7 @@ async fn pinned(
         ))
         .into());
     };
-    target
-        .channel
-        .clone()
-        .oneshot(request)
-        .await
-        .map_err(|error| {
-            if let Some(late) = deadline_passed(&error, service) {
-                return late;
-            }
-            tonic::Status::unavailable(format!(
-                "node {} of `{service}` failed: {error}",
-                target.node.address
-            ))
-            .into()
-        })
+    send_once(inner, service, target, request).await
 }
 
 /// `DEADLINE_EXCEEDED` when `error` is the call's deadline expiring in the channel (tonic

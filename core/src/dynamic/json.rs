@@ -60,7 +60,9 @@ pub fn from_json(
     Ok(message)
 }
 
-/// Encodes a response message as JSON, with every field (default values too).
+/// Encodes a response message as JSON, with every field (default values too); NaN and the
+/// infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`, in `FloatValue` and
+/// `DoubleValue` too.
 pub fn to_json(message: &DynamicMessage) -> Result<Vec<u8>, JsonError> {
     let options = SerializeOptions::new()
         .skip_default_fields(false)
@@ -75,7 +77,115 @@ pub fn to_json(message: &DynamicMessage) -> Result<Vec<u8>, JsonError> {
                 prost_reflect::ReflectMessage::descriptor(message).full_name()
             ))
         })?;
+    if let Some(text) = non_finite_wrapper(message) {
+        out = Value::from(text).to_string().into_bytes();
+    } else if has_non_finite_wrapper(message) {
+        out = restore_non_finite(message, &options)?;
+    }
     Ok(out)
+}
+
+/// Whether `message` holds a `FloatValue` or `DoubleValue` that is NaN or infinite, anywhere.
+/// prost-reflect writes those wrappers with `serialize_f32`/`serialize_f64`, which serde_json
+/// turns into `null` for non-finite values, where the proto3 JSON mapping says `"NaN"`,
+/// `"Infinity"`, `"-Infinity"` (as it does for plain float and double fields).
+fn has_non_finite_wrapper(message: &DynamicMessage) -> bool {
+    message
+        .fields()
+        .any(|(_, value)| value_has_non_finite_wrapper(value))
+}
+
+fn value_has_non_finite_wrapper(value: &prost_reflect::Value) -> bool {
+    match value {
+        prost_reflect::Value::Message(message) => {
+            non_finite_wrapper(message).is_some() || has_non_finite_wrapper(message)
+        }
+        prost_reflect::Value::List(items) => items.iter().any(value_has_non_finite_wrapper),
+        prost_reflect::Value::Map(entries) => entries.values().any(value_has_non_finite_wrapper),
+        _ => false,
+    }
+}
+
+/// The JSON string of a `FloatValue` or `DoubleValue` holding NaN or an infinity.
+fn non_finite_wrapper(message: &DynamicMessage) -> Option<&'static str> {
+    let value = match prost_reflect::ReflectMessage::descriptor(message).full_name() {
+        "google.protobuf.FloatValue" => message.get_field_by_number(1)?.as_f32().map(f64::from),
+        "google.protobuf.DoubleValue" => message.get_field_by_number(1)?.as_f64(),
+        _ => None,
+    }?;
+    if value.is_nan() {
+        Some("NaN")
+    } else if value == f64::INFINITY {
+        Some("Infinity")
+    } else if value == f64::NEG_INFINITY {
+        Some("-Infinity")
+    } else {
+        None
+    }
+}
+
+/// Encodes `message` through a JSON tree and puts the non-finite wrappers' strings where
+/// serde_json wrote `null` (rare: only when [`has_non_finite_wrapper`]).
+fn restore_non_finite(
+    message: &DynamicMessage,
+    options: &SerializeOptions,
+) -> Result<Vec<u8>, JsonError> {
+    let failed = |e: serde_json::Error| {
+        JsonError::new(format!(
+            "cannot encode {} as JSON: {e}",
+            prost_reflect::ReflectMessage::descriptor(message).full_name()
+        ))
+    };
+    let mut tree = message
+        .serialize_with_options(serde_json::value::Serializer, options)
+        .map_err(failed)?;
+    restore_message(message, &mut tree);
+    serde_json::to_vec(&tree).map_err(failed)
+}
+
+fn restore_message(message: &DynamicMessage, json: &mut Value) {
+    let Value::Object(object) = json else {
+        return;
+    };
+    for (field, value) in message.fields() {
+        if let Some(slot) = object.get_mut(field.json_name()) {
+            restore_value(value, slot);
+        }
+    }
+}
+
+fn restore_value(value: &prost_reflect::Value, json: &mut Value) {
+    match value {
+        prost_reflect::Value::Message(message) => match non_finite_wrapper(message) {
+            Some(text) => *json = Value::String(text.into()),
+            None => restore_message(message, json),
+        },
+        prost_reflect::Value::List(items) => {
+            if let Value::Array(slots) = json {
+                for (item, slot) in items.iter().zip(slots.iter_mut()) {
+                    restore_value(item, slot);
+                }
+            }
+        }
+        prost_reflect::Value::Map(entries) => {
+            if let Value::Object(slots) = json {
+                for (key, item) in entries {
+                    let key = match key {
+                        prost_reflect::MapKey::Bool(b) => b.to_string(),
+                        prost_reflect::MapKey::I32(n) => n.to_string(),
+                        prost_reflect::MapKey::I64(n) => n.to_string(),
+                        prost_reflect::MapKey::U32(n) => n.to_string(),
+                        prost_reflect::MapKey::U64(n) => n.to_string(),
+                        prost_reflect::MapKey::String(s) => s.clone(),
+                    };
+                    if let Some(slot) = slots.get_mut(&key) {
+                        restore_value(item, slot);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Maps query parameters onto the fields of `descriptor` (`?name=Alice&tags=a&tags=b&page.size=2`),
@@ -224,6 +334,120 @@ mod tests {
         assert!(check_depth(deep.as_bytes()).is_err());
         let shallow = format!("{{\"a\": \"{}\"}}", "[".repeat(100));
         assert!(check_depth(shallow.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn non_finite_wrappers_are_strings_like_plain_floats() {
+        let pool = prost_reflect::DescriptorPool::global();
+        let float = pool
+            .get_message_by_name("google.protobuf.FloatValue")
+            .unwrap();
+        let double = pool
+            .get_message_by_name("google.protobuf.DoubleValue")
+            .unwrap();
+        for (text, expected) in [
+            ("\"NaN\"", "\"NaN\""),
+            ("\"Infinity\"", "\"Infinity\""),
+            ("\"-Infinity\"", "\"-Infinity\""),
+            ("1.5", "1.5"),
+        ] {
+            for descriptor in [&float, &double] {
+                let message = from_json(descriptor, text.as_bytes(), false).unwrap();
+                assert_eq!(
+                    String::from_utf8(to_json(&message).unwrap()).unwrap(),
+                    expected,
+                    "{}",
+                    descriptor.full_name()
+                );
+            }
+        }
+        // Nested in a message, a list and a map.
+        let nested = nested_wrappers();
+        let message = from_json(
+            &nested,
+            br#"{"one":"NaN","list":[1,"Infinity"],"map":{"k":"-Infinity","j":2}}"#,
+            false,
+        )
+        .unwrap();
+        let json: Value = serde_json::from_slice(&to_json(&message).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"one":"NaN","list":[1.0,"Infinity"],"map":{"k":"-Infinity","j":2.0}})
+        );
+    }
+
+    #[test]
+    fn doubles_round_trip_exactly() {
+        let double = prost_reflect::DescriptorPool::global()
+            .get_message_by_name("google.protobuf.DoubleValue")
+            .unwrap();
+        for text in [
+            "-3.324975646697492e82",
+            "0.1",
+            "1.7976931348623157e308",
+            "5e-324",
+        ] {
+            let message = from_json(&double, text.as_bytes(), false).unwrap();
+            let out = String::from_utf8(to_json(&message).unwrap()).unwrap();
+            // Rust's own parser is exact: the same bits in and out.
+            let (sent, got) = (text.parse::<f64>().unwrap(), out.parse::<f64>().unwrap());
+            assert_eq!(sent.to_bits(), got.to_bits(), "{text} came back as {out}");
+        }
+    }
+
+    /// `message M { DoubleValue one = 1; repeated DoubleValue list = 2;
+    /// map<string, FloatValue> map = 3; }`, built by hand.
+    fn nested_wrappers() -> MessageDescriptor {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+        let field = |name: &str, number: i32, label: Label, type_name: &str| FieldDescriptorProto {
+            name: Some(name.into()),
+            json_name: Some(name.into()),
+            number: Some(number),
+            label: Some(label as i32),
+            r#type: Some(Type::Message as i32),
+            type_name: Some(type_name.into()),
+            ..Default::default()
+        };
+        let entry = DescriptorProto {
+            name: Some("MapEntry".into()),
+            field: vec![
+                FieldDescriptorProto {
+                    name: Some("key".into()),
+                    json_name: Some("key".into()),
+                    number: Some(1),
+                    label: Some(Label::Optional as i32),
+                    r#type: Some(Type::String as i32),
+                    ..Default::default()
+                },
+                field("value", 2, Label::Optional, ".google.protobuf.FloatValue"),
+            ],
+            options: Some(prost_types::MessageOptions {
+                map_entry: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let file = FileDescriptorProto {
+            name: Some("m.proto".into()),
+            package: Some("m".into()),
+            dependency: vec!["google/protobuf/wrappers.proto".into()],
+            message_type: vec![DescriptorProto {
+                name: Some("M".into()),
+                field: vec![
+                    field("one", 1, Label::Optional, ".google.protobuf.DoubleValue"),
+                    field("list", 2, Label::Repeated, ".google.protobuf.DoubleValue"),
+                    field("map", 3, Label::Repeated, ".m.M.MapEntry"),
+                ],
+                nested_type: vec![entry],
+                ..Default::default()
+            }],
+            syntax: Some("proto3".into()),
+            ..Default::default()
+        };
+        let mut pool = prost_reflect::DescriptorPool::global();
+        pool.add_file_descriptor_proto(file).unwrap();
+        pool.get_message_by_name("m.M").unwrap()
     }
 
     #[test]

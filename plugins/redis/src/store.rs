@@ -231,10 +231,13 @@ impl RedisStore {
             found.push(match (value, pttl) {
                 (Value::Nil, _) => None,
                 (Value::BulkString(stored), Value::Int(-1)) => Some((stored, None)),
-                (Value::BulkString(stored), Value::Int(left)) if left > 0 => {
-                    Some((stored, Some(Duration::from_millis(left.unsigned_abs()))))
-                }
-                // Gone (-2) or out of time (0) since the GET.
+                // 0 is under a millisecond left: the key is still there (a SCAN lists it), so
+                // it is not reported gone yet.
+                (Value::BulkString(stored), Value::Int(left)) if left >= 0 => Some((
+                    stored,
+                    Some(Duration::from_millis(left.unsigned_abs().max(1))),
+                )),
+                // Gone (-2) since the GET.
                 (Value::BulkString(_), Value::Int(_)) => None,
                 other => {
                     return Err(Error::Decode {
