@@ -247,6 +247,11 @@ fn describe(services: &[(&str, Arc<Schema>)], rules: Option<&[Rule]>) -> Value {
     document
 }
 
+/// `text` with `<` and `>` as HTML entities, so CommonMark shows them as written.
+fn escape_markdown_html(text: &str) -> String {
+    text.replace('<', "&lt;").replace('>', "&gt;")
+}
+
 /// The operation of one method (unary or server-streaming); `public` is `Some` when auth rules
 /// are on: whether the method needs no token.
 fn operation(
@@ -295,7 +300,12 @@ fn operation(
             "default": { "$ref": "#/components/responses/Error" },
         },
     });
-    let mut description = text.unwrap_or_default();
+    // A description is CommonMark (a summary is plain text): a proto comment's `<name>` would be
+    // read as an HTML tag (and dropped by the docs page), so angle brackets are escaped.
+    let mut description = text
+        .as_deref()
+        .map(escape_markdown_html)
+        .unwrap_or_default();
     let grpc_path = format!("`/{}/{}`", grpc.full_name(), method.name());
     let call = if method.is_server_streaming() {
         format!("Calls the server-streaming gRPC method {grpc_path}.")

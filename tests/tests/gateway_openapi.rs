@@ -147,6 +147,11 @@ fn the_document_is_valid_and_the_gateway_keeps_to_it() {
     let say_hello = operation(&document, "/greeter/Greeter/SayHello");
     assert_eq!(say_hello["operationId"], "greeter.Greeter.SayHello");
     assert_eq!(say_hello["summary"], "Replies \"Hello <name>\".");
+    let description = say_hello["description"].as_str().unwrap_or_default();
+    assert!(
+        description.starts_with("Replies \"Hello &lt;name&gt;\"."),
+        "CommonMark would take <name> for a tag: {description}"
+    );
     assert_eq!(
         say_hello["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/greeter.v1.HelloRequest"
