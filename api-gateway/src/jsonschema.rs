@@ -38,8 +38,7 @@
 
 use std::collections::BTreeMap;
 
-use micro_core::dynamic::{field_comment, message_comment};
-use prost_reflect::prost_types::FileDescriptorProto;
+use micro_core::dynamic::{field_comment, leading_comment, message_comment};
 use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
@@ -301,23 +300,6 @@ fn describe(schema: &mut Value, text: String) {
     }
 }
 
-/// The leading comment of the element at `path` in `file` (an enum, an enum value, a service),
-/// whitespace folded as `micro_core::dynamic`'s comments of messages, fields and methods.
-pub(crate) fn comment(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
-    let text = file
-        .source_code_info
-        .as_ref()?
-        .location
-        .iter()
-        .find(|l| l.path == path)?
-        .leading_comments
-        .as_deref()?
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    (!text.is_empty()).then_some(text)
-}
-
 fn scalar_schema(kind: &Kind, direction: Direction) -> Value {
     let request = direction == Direction::Request;
     match kind {
@@ -373,10 +355,12 @@ fn enum_schema(enumeration: &EnumDescriptor, direction: Direction) -> Value {
     let names: Vec<String> = enumeration.values().map(|v| v.name().to_string()).collect();
     let mut names = json!({ "type": "string", "enum": names });
     let file = enumeration.parent_file_descriptor_proto();
-    let mut notes: Vec<String> = comment(file, enumeration.path()).into_iter().collect();
+    let mut notes: Vec<String> = leading_comment(file, enumeration.path())
+        .into_iter()
+        .collect();
     let values: Vec<String> = enumeration
         .values()
-        .filter_map(|v| comment(file, v.path()).map(|c| format!("- `{}`: {c}", v.name())))
+        .filter_map(|v| leading_comment(file, v.path()).map(|c| format!("- `{}`: {c}", v.name())))
         .collect();
     if !values.is_empty() {
         notes.push(values.join("\n"));
@@ -859,7 +843,7 @@ message Odd {
         let node = message("t.Node");
         let file = node.parent_file_descriptor_proto().clone();
         assert_eq!(
-            comment(&file, node.path()).as_deref(),
+            leading_comment(&file, node.path()).as_deref(),
             Some("A node of a tree.")
         );
         let (_, schema) = definitions("t.Node", Direction::Request);

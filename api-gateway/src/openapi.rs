@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use micro_core::auth::{Resource, Rule, verify};
-use micro_core::dynamic::method_comment;
+use micro_core::dynamic::{leading_comment, method_comment};
 use prost_reflect::{MethodDescriptor, ServiceDescriptor};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 use crate::gateway::GatewayState;
-use crate::jsonschema::{Direction, OPENAPI_PREFIX, SchemaSet, comment};
+use crate::jsonschema::{Direction, OPENAPI_PREFIX, SchemaSet};
 use crate::schema::Schema;
 
 /// How long a document that left out a service (its descriptors could not be fetched) is
@@ -151,7 +151,7 @@ fn describe(services: &[(&str, Arc<Schema>)], rules: Option<&[Rule]>) -> Value {
             .services
             .iter()
             .map(|grpc| {
-                let text = comment(grpc.parent_file_descriptor_proto(), grpc.path())
+                let text = leading_comment(grpc.parent_file_descriptor_proto(), grpc.path())
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default();
                 format!("`{}`{text}", grpc.full_name())

@@ -29,6 +29,18 @@ pub const SHORT_TTL_ARGS: [&str; 4] = [
     REGISTER_INTERVAL_ARG,
 ];
 
+/// The environment that gives a process the `jwt` auth plugin with a test issuer, audience and
+/// HS256 secret: a gateway with `--auth jwt` and the `auth` example share it, so tokens the one
+/// issues the other verifies.
+pub const JWT_ENV: [(&str, &str); 3] = [
+    ("MICRO_AUTH_JWT_ISSUER", "micro-test"),
+    ("MICRO_AUTH_JWT_AUDIENCE", "micro"),
+    (
+        "MICRO_AUTH_JWT_SECRET",
+        "a-test-secret-of-at-least-32-bytes!!",
+    ),
+];
+
 /// What a deadline allows on top of what the protocol needs, for a loaded 2-core machine
 /// (scheduling, a test binary next door compiling or running). A broken behaviour still fails:
 /// the defaults it would fall back to (a 30 s TTL, a 10 s interval) are well beyond.

@@ -56,7 +56,7 @@ pub use etcd::PrivateEtcd;
 pub use events::dead_letters;
 pub use everything::{EchoEverything, start_everything};
 pub use fixture::{
-    EXPIRY, Ended, Greeter, GreeterV2, NoStream, PROPAGATION, REGISTER_INTERVAL,
+    EXPIRY, Ended, Greeter, GreeterV2, JWT_ENV, NoStream, PROPAGATION, REGISTER_INTERVAL,
     REGISTER_INTERVAL_ARG, REGISTER_TTL, REGISTER_TTL_ARG, SHORT_TTL_ARGS, SLACK, StreamEnd,
     greeter_server, no_stream, start_greeter, start_greeter_v2, test_options,
 };

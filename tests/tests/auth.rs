@@ -14,14 +14,8 @@ use micro_testkit::{
     wait_until,
 };
 
-const ENV: [(&str, &str); 3] = [
-    ("MICRO_AUTH_JWT_ISSUER", "micro-test"),
-    ("MICRO_AUTH_JWT_AUDIENCE", "micro"),
-    (
-        "MICRO_AUTH_JWT_SECRET",
-        "a-test-secret-of-at-least-32-bytes!!",
-    ),
-];
+/// The `jwt` plugin's settings shared by the gateway and the `auth` example.
+const ENV: [(&str, &str); 3] = micro_testkit::JWT_ENV;
 
 const RULES: &str = r#"[
   {"id": "accounts", "scope": "", "resource": {"kind": "service", "name": "auth", "endpoint": "Accounts.*"}, "access": "grant", "priority": 10},

@@ -747,14 +747,8 @@ fn upgrade_request(path: &str, extra: &str) -> String {
     )
 }
 
-const ENV: [(&str, &str); 3] = [
-    ("MICRO_AUTH_JWT_ISSUER", "micro-test"),
-    ("MICRO_AUTH_JWT_AUDIENCE", "micro"),
-    (
-        "MICRO_AUTH_JWT_SECRET",
-        "a-test-secret-of-at-least-32-bytes!!",
-    ),
-];
+/// The `jwt` plugin's settings shared by the gateway and the `auth` example.
+const ENV: [(&str, &str); 3] = micro_testkit::JWT_ENV;
 
 /// Login is public; every greeter endpoint needs the scope `greeter` (alice has it, bob not).
 const RULES: &str = r#"[

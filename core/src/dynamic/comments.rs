@@ -1,12 +1,13 @@
 //! The leading proto comments the descriptors carry (when the server sent `source_code_info`),
 //! as one line: the descriptions `micro describe`, OpenAPI and MCP show.
 
-use prost_reflect::{FieldDescriptor, FileDescriptor, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{FieldDescriptor, MessageDescriptor, MethodDescriptor};
+use prost_types::FileDescriptorProto;
 
-/// The leading comment of the element at `path` in `file`, whitespace folded to single spaces.
-fn leading(file: &FileDescriptor, path: &[i32]) -> Option<String> {
+/// The leading comment of the element at `path` in `file` (any element: an enum, an enum value,
+/// a service, ...), whitespace folded to single spaces.
+pub fn leading_comment(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
     let text = file
-        .file_descriptor_proto()
         .source_code_info
         .as_ref()?
         .location
@@ -22,15 +23,18 @@ fn leading(file: &FileDescriptor, path: &[i32]) -> Option<String> {
 
 /// The comment above an `rpc`.
 pub fn method_comment(method: &MethodDescriptor) -> Option<String> {
-    leading(&method.parent_file(), method.path())
+    leading_comment(method.parent_file().file_descriptor_proto(), method.path())
 }
 
 /// The comment above a `message`.
 pub fn message_comment(message: &MessageDescriptor) -> Option<String> {
-    leading(&message.parent_file(), message.path())
+    leading_comment(
+        message.parent_file().file_descriptor_proto(),
+        message.path(),
+    )
 }
 
 /// The comment above a field.
 pub fn field_comment(field: &FieldDescriptor) -> Option<String> {
-    leading(&field.parent_file(), field.path())
+    leading_comment(field.parent_file().file_descriptor_proto(), field.path())
 }

@@ -27,6 +27,6 @@ mod method;
 pub mod reflection;
 
 pub use codec::{DynamicCodec, DynamicDecoder, DynamicEncoder};
-pub use comments::{field_comment, message_comment, method_comment};
+pub use comments::{field_comment, leading_comment, message_comment, method_comment};
 pub use json::{JsonError, MAX_DEPTH, from_json, query_to_json, to_json};
 pub use method::{MethodError, find_method, normalize, path};
