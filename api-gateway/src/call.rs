@@ -69,11 +69,15 @@ impl CallTarget {
             // A cheap guard before serde_json's own recursion limit.
             dynamic::from_json(&empty_message(), body, true)?;
         }
+        // `request` is re-encoded from a parsed value, which would keep one copy of a repeated
+        // key silently: refuse repeats in the whole body first.
         let rpc: RpcRequest = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "/rpc body: {e} (expected {{\"service\", \"endpoint\", \"request\"}})"
             ))
         })?;
+        dynamic::check_unique_keys(body)
+            .map_err(|e| ApiError::bad_request(format!("/rpc body: {e}")))?;
         let (grpc_service, method) = rpc
             .endpoint
             .rsplit_once('.')

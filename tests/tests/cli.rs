@@ -309,7 +309,12 @@ fn bad_input_is_a_one_line_error_with_the_documented_exit_code() {
     let (gateway, _greeter) = gateway_with_greeter();
     let vars = at(&gateway);
     let vars = env(&vars);
-    let cases: [(&[&str], i32, &str); 9] = [
+    let cases: [(&[&str], i32, &str); 10] = [
+        (
+            &["call", "greeter", "SayHello", r#"{"name":"a","name":"b"}"#],
+            2,
+            "key `name` is given twice",
+        ),
         (
             &["call", "nope", "X"],
             2,

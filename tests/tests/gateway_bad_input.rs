@@ -92,6 +92,19 @@ fn forty_bad_requests_get_their_status_and_the_json_shape() {
         ),
         ("unknown field", json_post(hello, r#"{"nam":"x"}"#), 400),
         (
+            "duplicate key",
+            json_post(hello, r#"{"name":"a","name":"b"}"#),
+            400,
+        ),
+        (
+            "/rpc request with a duplicate key",
+            json_post(
+                "/rpc",
+                r#"{"service":"greeter","endpoint":"Greeter.SayHello","request":{"name":"a","name":"b"}}"#,
+            ),
+            400,
+        ),
+        (
             "int32 out of range",
             json_post(bye, r#"{"times":3000000000}"#),
             400,
@@ -283,6 +296,19 @@ fn forty_bad_requests_get_their_status_and_the_json_shape() {
         failures.len(),
         table.len(),
         failures.join("\n")
+    );
+
+    // One meaning per body: the duplicate is named, not silently resolved to the last copy.
+    let duplicate = raw_http(
+        gateway.http,
+        &json_post(hello, r#"{"name":"a","name":"b"}"#),
+    );
+    assert!(
+        duplicate.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("key `name` is given twice")),
+        "{}",
+        duplicate.body
     );
 
     let health = get(gateway.http, "/health");

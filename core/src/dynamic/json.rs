@@ -27,7 +27,8 @@ impl JsonError {
 pub const MAX_DEPTH: usize = 64;
 
 /// Decodes a JSON body into `descriptor`'s message. An empty body is the empty message.
-/// Errors name the field (`user.age`) or the JSON position.
+/// Errors name the field (`user.age`) or the JSON position. A key given twice (or a field by
+/// both its names) is an error: a body has one meaning.
 pub fn from_json(
     descriptor: &MessageDescriptor,
     body: &[u8],
@@ -57,7 +58,14 @@ pub fn from_json(
             JsonError::new(format!("field `{path}`: {e}"))
         }
     })?;
+    super::unique::check(Some(descriptor), body).map_err(JsonError::new)?;
     Ok(message)
+}
+
+/// Refuses JSON (of no particular message) that gives a key twice in one object, naming it: for
+/// envelopes such as the gateway's `POST /rpc` body, whose parts are read separately.
+pub fn check_unique_keys(body: &[u8]) -> Result<(), JsonError> {
+    super::unique::check(None, body).map_err(JsonError::new)
 }
 
 /// Encodes a response message as JSON, with every field (default values too); NaN and the

@@ -25,8 +25,9 @@ mod comments;
 mod json;
 mod method;
 pub mod reflection;
+mod unique;
 
 pub use codec::{DynamicCodec, DynamicDecoder, DynamicEncoder};
 pub use comments::{field_comment, leading_comment, message_comment, method_comment};
-pub use json::{JsonError, MAX_DEPTH, from_json, query_to_json, to_json};
+pub use json::{JsonError, MAX_DEPTH, check_unique_keys, from_json, query_to_json, to_json};
 pub use method::{MethodError, find_method, normalize, path};
