@@ -143,23 +143,7 @@ pub(crate) async fn run(client: &Client, args: CallArgs, format: Format) -> Resu
         )));
     }
     let node = args.node.as_deref();
-    if let Some(node) = node {
-        let nodes: Vec<String> = versions
-            .iter()
-            .flat_map(|v| &v.nodes)
-            .map(|n| format!("{} ({})", n.id, n.address))
-            .collect();
-        let known = versions
-            .iter()
-            .flat_map(|v| &v.nodes)
-            .any(|n| n.id == node || n.address == node);
-        if !known {
-            return Err(CliError::Usage(format!(
-                "`{service}` has no node `{node}`; its nodes: {}",
-                nodes.join(", ")
-            )));
-        }
-    }
+    // An unknown `--node` is the client's NOT_FOUND (listing the nodes) at reflection: exit 2.
     let grpc_services = services::descriptors(&client, service, node).await?;
     let (grpc_service, method_name) = split_endpoint(&args.endpoint);
     let method =

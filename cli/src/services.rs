@@ -149,6 +149,35 @@ async fn check(client: &Client, service: &str, node: &Node) -> Health {
     }
 }
 
+impl Health {
+    fn latency_ms(&self) -> f64 {
+        self.latency.as_secs_f64() * 1000.0
+    }
+}
+
+/// A node as a table row: id, address, version, health, then `last`.
+fn node_row(version: &Service, node: &Node, health: &Health, last: String) -> Vec<String> {
+    vec![
+        node.id.clone(),
+        node.address.clone(),
+        version.version.clone(),
+        output::status(&health.status, health.serving),
+        last,
+    ]
+}
+
+/// A node as JSON: `id`, `address`, `version`, `status`, `serving`.
+fn node_json(version: &Service, node: &Node, health: &Health) -> serde_json::Map<String, Value> {
+    let value = json!({
+        "id": node.id, "address": node.address, "version": version.version,
+        "status": health.status, "serving": health.serving,
+    });
+    match value {
+        Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 fn nodes_of(versions: &[Service]) -> Vec<(&Service, &Node)> {
     versions
         .iter()
@@ -169,11 +198,9 @@ pub(crate) async fn health(client: &Client, service: &str, format: Format) -> Re
                     .iter()
                     .zip(&checks)
                     .map(|((version, node), health)| {
-                        json!({
-                            "id": node.id, "address": node.address, "version": version.version,
-                            "status": health.status, "serving": health.serving,
-                            "latency_ms": health.latency.as_secs_f64() * 1000.0,
-                        })
+                        let mut fields = node_json(version, node, health);
+                        fields.insert("latency_ms".into(), json!(health.latency_ms()));
+                        Value::Object(fields)
                     })
                     .collect(),
             ),
@@ -185,13 +212,12 @@ pub(crate) async fn health(client: &Client, service: &str, format: Format) -> Re
                 .iter()
                 .zip(&checks)
                 .map(|((version, node), health)| {
-                    vec![
-                        node.id.clone(),
-                        node.address.clone(),
-                        version.version.clone(),
-                        output::status(&health.status, health.serving),
-                        format!("{:.1}ms", health.latency.as_secs_f64() * 1000.0),
-                    ]
+                    node_row(
+                        version,
+                        node,
+                        health,
+                        format!("{:.1}ms", health.latency_ms()),
+                    )
                 })
                 .collect::<Vec<_>>(),
         ),
@@ -243,10 +269,15 @@ pub(crate) async fn describe(
                     })
                 })
                 .collect();
-            let nodes: Vec<Value> = nodes.iter().zip(&checks).map(|((version, node), health)| json!({
-                "id": node.id, "address": node.address, "version": version.version,
-                "metadata": node.metadata, "status": health.status, "serving": health.serving,
-            })).collect();
+            let nodes: Vec<Value> = nodes
+                .iter()
+                .zip(&checks)
+                .map(|((version, node), health)| {
+                    let mut fields = node_json(version, node, health);
+                    fields.insert("metadata".into(), json!(node.metadata));
+                    Value::Object(fields)
+                })
+                .collect();
             output::json(
                 &json!({"name": service, "nodes": nodes, "endpoints": endpoints, "enums": enums}),
                 format,
@@ -260,17 +291,13 @@ pub(crate) async fn describe(
                     .iter()
                     .zip(&checks)
                     .map(|((version, node), health)| {
-                        vec![
-                            node.id.clone(),
-                            node.address.clone(),
-                            version.version.clone(),
-                            output::status(&health.status, health.serving),
-                            node.metadata
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(" "),
-                        ]
+                        let metadata = node.metadata.iter().map(|(k, v)| format!("{k}={v}"));
+                        node_row(
+                            version,
+                            node,
+                            health,
+                            metadata.collect::<Vec<_>>().join(" "),
+                        )
                     })
                     .collect::<Vec<_>>(),
             );

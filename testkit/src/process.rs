@@ -338,20 +338,21 @@ pub fn run_command(mut command: Command, stdin: &str, deadline: Duration) -> Fin
     };
     let stdout = read(Box::new(child.stdout.take().expect("piped stdout")));
     let stderr = read(Box::new(child.stderr.take().expect("piped stderr")));
-    let until = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
+    // The exit is waited on by a thread of its own, so the deadline is a channel timeout
+    // rather than a polling loop.
+    let pid = child.id();
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
+    let status = match exit.recv_timeout(deadline) {
+        Ok(status) => status.unwrap_or_else(|e| panic!("wait for {name}: {e}")),
+        Err(_) => {
+            signal(pid, "KILL");
+            // The readers are not joined: a grandchild left behind (a browser) may hold the
+            // pipes open.
+            panic!("{name} did not finish within {deadline:?} and was killed");
         }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{name} did not finish within {deadline:?}; stderr: {}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
     };
     Finished {
         code: status.code(),

@@ -3,9 +3,8 @@
 //! 404, and, in headless chromium (`tests/browser/docs.mjs`, Playwright), the page loads
 //! nothing from outside the gateway and calls the greeter through "Try it out".
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use micro_testkit::{GatewayProcess, PROPAGATION, get, post, wait_until};
@@ -188,43 +187,16 @@ fn docs_page_calls_the_greeter_from_a_real_browser_and_loads_nothing_from_outsid
 
     let url = format!("http://{}", gateway.http);
     let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(Path::new(BROWSER).join("docs.mjs"))
+    let mut node = Command::new("node");
+    node.arg(Path::new(BROWSER).join("docs.mjs"))
         .arg(&url)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs (scripts/setup installs it)");
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
-    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break status;
-        }
-        if started.elapsed() > BROWSER_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            // Not joining the readers: a chromium left behind may hold the pipes open.
-            panic!("docs.mjs ran longer than {BROWSER_DEADLINE:?} and was killed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
-    assert!(
-        status.success(),
-        "the browser test failed ({status}): {}{}",
+        .env("CHROMIUM", &chromium);
+    let run = micro_testkit::run_command(node, "", BROWSER_DEADLINE);
+    let (stdout, stderr) = (run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "the browser test failed: {}{}",
         stderr.trim(),
         stdout.trim()
     );

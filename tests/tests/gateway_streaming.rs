@@ -12,7 +12,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,30 +254,15 @@ fn parse(line: &str) -> Value {
 
 /// Runs `tests/python/<script>` to its end (within a minute) and parses its JSON lines.
 fn python(script: &str, args: &[&str]) -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/python/");
-    let mut child = Command::new("python3")
-        .arg(format!("{path}{script}"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("python3 runs (scripts/setup installs websockets, httpx and httpx-sse)");
-    let deadline = Duration::from_secs(60);
-    let started = Instant::now();
-    while child.try_wait().expect("try_wait").is_none() {
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            panic!("{script} did not finish within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (mut out, mut err) = (String::new(), String::new());
-    let _ = child.stdout.take().map(|mut o| o.read_to_string(&mut out));
-    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "{script} failed ({status}): {err}\n{out}");
-    out.lines().map(parse).collect()
+    let run = micro_testkit::python(script, args, Duration::from_secs(60));
+    assert_eq!(
+        run.code,
+        Some(0),
+        "{script} failed: {}\n{}",
+        run.stderr,
+        run.stdout
+    );
+    run.stdout.lines().map(parse).collect()
 }
 
 fn messages(lines: &[String]) -> Vec<String> {

@@ -55,6 +55,25 @@ async fn tools(state: &GatewayState) -> Vec<Tool> {
     tools
 }
 
+/// The tool `name` looked up directly: `service.Service.Method` read from the right, so a
+/// call costs one cached schema rather than the whole registry's.
+async fn find(state: &GatewayState, name: &str) -> Option<Tool> {
+    let mut parts = name.rsplitn(3, '.');
+    let (_method, _grpc_service, service) = (parts.next()?, parts.next()?, parts.next()?);
+    let schema = state.schemas.get(service).await.ok()?;
+    let method = schema
+        .services
+        .iter()
+        .flat_map(|s| s.methods())
+        .filter(|m| !m.is_client_streaming() && !m.is_server_streaming())
+        .find(|m| tool_name(service, m) == name)?;
+    Some(Tool {
+        name: name.to_string(),
+        service: service.to_string(),
+        method,
+    })
+}
+
 /// `service.Service.Method`, with characters outside MCP's tool-name set (`A-Za-z0-9_.-`)
 /// replaced by `_`, at most 128 characters.
 fn tool_name(service: &str, method: &MethodDescriptor) -> String {
@@ -109,7 +128,11 @@ pub(super) async fn call(
     name: &str,
     arguments: Value,
 ) -> Result<Value, RpcError> {
-    let found = tools(state).await.into_iter().find(|t| t.name == name);
+    let found = match find(state, name).await {
+        Some(tool) => Some(tool),
+        // A name sanitising changed (or a service with dots to spare): the whole list.
+        None => tools(state).await.into_iter().find(|t| t.name == name),
+    };
     let Some(tool) = found else {
         return Err(RpcError::new(
             INVALID_PARAMS,
