@@ -1,6 +1,8 @@
 //! Every HTTP request: admitted (header size, CORS preflight, rate limit), routed by its path
 //! (`route`), answered here for the gateway's own pages or by the call path (`call`), then
-//! counted and logged.
+//! counted and logged. With auth rules, `GET /` and `GET /{service}` are decided like calls
+//! (resources `gateway:describe:/` and `gateway:describe:/{service}`), and node addresses are
+//! shown only under a grant of `gateway:nodes:/{service}` (see [`crate::auth`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode, header};
 use micro_core::Error;
 
+use crate::auth::NodeAddresses;
 use crate::call::{self, CallTarget, Input, Labels};
 use crate::error::ApiError;
 use crate::gateway::GatewayState;
@@ -123,6 +126,9 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
     let answer = match route::parse(request.uri().path())? {
         Target::Index => {
             only(Method::GET, "GET")?;
+            if let Some(auth) = &state.auth {
+                auth.describe(request.headers(), None).await?;
+            }
             let mut names: Vec<String> = state
                 .registry
                 .list_services()
@@ -154,6 +160,11 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
         }
         Target::Describe(service) => {
             only(Method::GET, "GET")?;
+            // Decided before the registry is read: a refusal says nothing about the service.
+            let nodes = match &state.auth {
+                Some(auth) => auth.describe(request.headers(), Some(service)).await?,
+                None => NodeAddresses::Shown,
+            };
             let services = state
                 .registry
                 .get_service(service)
@@ -162,15 +173,24 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
             if services.is_empty() {
                 return Err(ApiError::not_found(format!("unknown service `{service}`")));
             }
-            json(serde_json::json!({ "name": service, "services": services }))
+            json(describe(service, services, nodes))
         }
         Target::OpenApi => {
             only(Method::GET, "GET")?;
-            crate::openapi::document(state, None).await?
+            // Per caller: only the services `GET /{service}` would describe to it.
+            let describer = match &state.auth {
+                Some(auth) => Some(auth.describer(request.headers()).await),
+                None => None,
+            };
+            crate::openapi::document(state, None, describer.as_ref()).await?
         }
         Target::ServiceOpenApi(service) => {
             only(Method::GET, "GET")?;
-            crate::openapi::document(state, Some(service)).await?
+            // Refused as `GET /{service}` is, before anything is read.
+            if let Some(auth) = &state.auth {
+                auth.describe(request.headers(), Some(service)).await?;
+            }
+            crate::openapi::document(state, Some(service), None).await?
         }
         Target::Docs(asset) => {
             only(Method::GET, "GET")?;
@@ -212,6 +232,24 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
         }
     };
     Ok(Routed::Answer(answer))
+}
+
+/// The body of `GET /{service}`: every registered version of `service`, each without its
+/// `nodes` when the caller may not see where they are.
+fn describe(
+    service: &str,
+    services: Vec<micro_core::registry::Service>,
+    nodes: NodeAddresses,
+) -> serde_json::Value {
+    let mut versions = serde_json::json!(services);
+    if nodes == NodeAddresses::Hidden
+        && let Some(versions) = versions.as_array_mut()
+    {
+        for version in versions.iter_mut().filter_map(|v| v.as_object_mut()) {
+            version.remove("nodes");
+        }
+    }
+    serde_json::json!({ "name": service, "services": versions })
 }
 
 fn registry_down(error: Error) -> ApiError {

@@ -86,7 +86,13 @@ impl Gateway {
     /// Binds the HTTP and registry listeners and serves both until [`RunningGateway::stop`].
     pub async fn start(self) -> Result<RunningGateway> {
         let options = &self.state.options;
-        let http = TcpListener::bind(&options.address).await.map_err(|e| {
+        // Checked before anything listens: a bad certificate is an error at start.
+        let tls = match (&options.tls_cert, &options.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::serve::server_tls(cert, key)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let http = listen(&options.address).map_err(|e| {
             Error::Server(format!(
                 "cannot listen on {} (--address): {e}",
                 options.address
@@ -107,21 +113,14 @@ impl Gateway {
             let _ = stopped.wait_for(|s| *s).await;
         };
 
-        let registry_server = tokio::spawn({
-            let service = micro_remote::RegistryService::server(self.state.registry.clone());
-            let stopped = until_stopped(stopped.clone());
-            async move {
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(registry_listener)
-                            .with_nodelay(Some(true)),
-                        stopped,
-                    )
-                    .await
-                    .map_err(|e| Error::Server(format!("embedded registry: {e}")))
-            }
-        });
+        // Checked before anything is served: an embedded registry that may not start (beyond
+        // loopback without TLS and a token, TLS files that do not load) stops the gateway here.
+        let registry_server = crate::registry_server::prepare(
+            self.state.registry.clone(),
+            &self.state.options.service,
+            registry_listener,
+        )?;
+        let registry_server = tokio::spawn(registry_server.serve(until_stopped(stopped.clone())));
         if let Some(limiter) = self.state.limiter.clone() {
             tokio::spawn(async move {
                 loop {
@@ -130,27 +129,17 @@ impl Gateway {
                 }
             });
         }
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let http_server = tokio::spawn({
-            let stopped = until_stopped(stopped.clone());
-            async move {
-                axum::serve(
-                    axum::serve::ListenerExt::tap_io(http, |tcp| {
-                        // Small JSON replies must not wait for Nagle.
-                        let _ = tcp.set_nodelay(true);
-                    }),
-                    app,
-                )
-                .with_graceful_shutdown(stopped)
-                .await
-                .map_err(Error::Io)
-            }
-        });
-        tracing::info!(%http_address, %registry_address, registry = self.state.registry.name(), "gateway started");
+        let http_server = tokio::spawn(crate::serve::serve_http(
+            http,
+            self.router(),
+            crate::serve::Limits::of(&self.state.options),
+            tls,
+            until_stopped(stopped.clone()),
+        ));
+        tracing::info!(%http_address, %scheme, %registry_address, registry = self.state.registry.name(), "gateway started");
         Ok(RunningGateway {
             http_address,
+            scheme,
             registry_address,
             stop,
             tasks: vec![http_server, registry_server],
@@ -159,10 +148,32 @@ impl Gateway {
     }
 }
 
+/// Connections the kernel may hold for the HTTP listener before it accepts them. The standard
+/// 128 drops the connections of a burst past it (their clients retry a second later); the
+/// kernel caps this at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// The HTTP listener on `address` (validated `host:port`), with [`ACCEPT_BACKLOG`].
+fn listen(address: &str) -> std::io::Result<TcpListener> {
+    let address: SocketAddr = address
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As the standard library's bind: a restarted gateway may listen again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// A started gateway.
 #[derive(Debug)]
 pub struct RunningGateway {
     http_address: SocketAddr,
+    scheme: &'static str,
     registry_address: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<()>>>,
@@ -175,16 +186,30 @@ impl RunningGateway {
         self.http_address
     }
 
+    /// Whether HTTP is served over TLS (`--tls-cert`/`--tls-key`).
+    pub fn is_https(&self) -> bool {
+        self.scheme == "https"
+    }
+
+    /// The base URL of the HTTP side: `http://127.0.0.1:8080`, or `https://...` over TLS.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.http_address)
+    }
+
     /// Where the embedded registry is served.
     pub fn registry_address(&self) -> SocketAddr {
         self.registry_address
     }
 
     /// Stops accepting, finishes in-flight requests (at most the shutdown timeout), returns.
+    /// Connections with nothing in flight (idle, or still sending their headers) are closed at
+    /// once.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
+        // The HTTP listener ends its own drain at the shutdown timeout; this is a backstop.
+        let backstop = self.drain + Duration::from_secs(1);
         for task in self.tasks {
-            match tokio::time::timeout(self.drain, task).await {
+            match tokio::time::timeout(backstop, task).await {
                 Ok(Ok(result)) => result?,
                 Ok(Err(join)) => return Err(Error::Server(format!("gateway task failed: {join}"))),
                 Err(_) => tracing::warn!(

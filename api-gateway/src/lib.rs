@@ -36,9 +36,11 @@ mod mcp;
 mod metrics;
 mod openapi;
 mod options;
+mod registry_server;
 mod request;
 mod route;
 mod schema;
+mod serve;
 mod stream;
 mod websocket;
 

@@ -48,8 +48,8 @@ async fn run() -> micro_core::Result<()> {
     }
     let running = gateway.start().await?;
     println!(
-        "micro-gateway listening on http://{} (registry {registry_name}, served on {})",
-        running.http_address(),
+        "micro-gateway listening on {} (registry {registry_name}, served on {})",
+        running.url(),
         running.registry_address()
     );
     micro_core::server::shutdown_signal().await;

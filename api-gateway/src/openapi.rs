@@ -9,8 +9,15 @@
 //! with query parameters is not described. A service whose descriptors cannot be fetched is
 //! left out of `/openapi.json` (and logged); `/{service}/openapi.json` answers its error.
 //!
+//! With auth rules, the documents tell no more than `GET /` and `GET /{service}` do:
+//! `/{service}/openapi.json` is refused (401/403) unless the caller may describe the service
+//! (`gateway:describe:/{service}`, decided in `dispatch` before anything is read), and
+//! `/openapi.json` is, per caller, the document of only the services it may describe: their
+//! paths, tags and websocket-only methods, and only the schemas those paths reach.
+//!
 //! A document is kept until any service's descriptors are dropped (a registry change), or
-//! the auth rules change; one that left a service out is kept for [`INCOMPLETE_TTL`] only.
+//! the auth rules change; one that left a service out is kept for [`INCOMPLETE_TTL`] only. The
+//! document of every service is built once and cut down per caller, not built per caller.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +29,7 @@ use micro_core::dynamic::{leading_comment, method_comment};
 use prost_reflect::{MethodDescriptor, ServiceDescriptor};
 use serde_json::{Map, Value, json};
 
+use crate::auth::Describer;
 use crate::error::ApiError;
 use crate::gateway::GatewayState;
 use crate::jsonschema::{Direction, OPENAPI_PREFIX, SchemaSet};
@@ -34,9 +42,15 @@ const INCOMPLETE_TTL: Duration = Duration::from_secs(5);
 /// The component naming the gateway's error body.
 const ERROR: &str = "micro.gateway.Error";
 
-/// A built document, as sent.
+/// A built document, as sent, and what cutting it down per caller needs.
 struct Cached {
     body: String,
+    /// The document `body` is the text of.
+    document: Value,
+    /// The services described in it (each a tag, its paths tagged so).
+    services: Vec<String>,
+    /// The client- and bidi-streaming methods left out, each with its service.
+    websocket_only: Vec<(String, String)>,
     /// The auth rules it was built with (their public endpoints need no token).
     rules: Option<Arc<Vec<Rule>>>,
     /// Whether every registered service is in it.
@@ -44,11 +58,28 @@ struct Cached {
     built: Instant,
 }
 
-/// The OpenAPI document of every registered service, or of `service`.
+/// The OpenAPI document of every registered service, or of `service`. With `describer` (auth
+/// rules on), the document of every service keeps only the services the caller may describe;
+/// the caller of `/{service}/openapi.json` must have been let through before.
 pub(crate) async fn document(
     state: &GatewayState,
     service: Option<&str>,
+    describer: Option<&Describer>,
 ) -> Result<Response, ApiError> {
+    let cached = cached(state, service).await?;
+    let Some(describer) = describer.filter(|_| service.is_none()) else {
+        return Ok(respond(cached.body.clone()));
+    };
+    if cached.services.iter().all(|s| describer.may_describe(s)) {
+        return Ok(respond(cached.body.clone()));
+    }
+    Ok(respond(
+        view(&cached, |s| describer.may_describe(s)).to_string(),
+    ))
+}
+
+/// The document of every registered service, or of `service`, from the cache or built now.
+async fn cached(state: &GatewayState, service: Option<&str>) -> Result<Arc<Cached>, ApiError> {
     let key = format!("openapi.json {}", service.unwrap_or("*"));
     let rules = state.auth.as_ref().map(|auth| auth.rules());
     if let Some(cached) = state.schemas.derived::<Cached>(&key) {
@@ -58,20 +89,115 @@ pub(crate) async fn document(
             _ => false,
         };
         if same_rules && (cached.complete || cached.built.elapsed() < INCOMPLETE_TTL) {
-            return Ok(respond(cached.body.clone()));
+            return Ok(cached);
         }
     }
     let generation = state.schemas.generation();
-    let (document, complete) = build(state, service, rules.as_ref().map(|r| r.as_slice())).await?;
-    let body = document.to_string();
-    let cached = Cached {
-        body: body.clone(),
+    let (built, complete) = build(state, service, rules.as_ref().map(|r| r.as_slice())).await?;
+    let cached = Arc::new(Cached {
+        body: built.document.to_string(),
+        document: built.document,
+        services: built.services,
+        websocket_only: built.websocket_only,
         rules,
         complete,
         built: Instant::now(),
+    });
+    state.schemas.keep(&key, generation, cached.clone());
+    Ok(cached)
+}
+
+/// The document of `cached` with only the services `keep` names: their tags and paths, the
+/// schemas those paths (and the shared responses) reach, and the description naming only
+/// their websocket-only methods.
+fn view(cached: &Cached, keep: impl Fn(&str) -> bool) -> Value {
+    let Some(whole) = cached.document.as_object() else {
+        return cached.document.clone();
     };
-    state.schemas.keep(&key, generation, Arc::new(cached));
-    Ok(respond(body))
+    let mut document = Map::new();
+    for (key, value) in whole {
+        if !matches!(key.as_str(), "tags" | "paths" | "components") {
+            document.insert(key.clone(), value.clone());
+        }
+    }
+    let tags: Vec<Value> = whole["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|tag| tag["name"].as_str().is_some_and(&keep))
+        .cloned()
+        .collect();
+    document.insert("tags".into(), tags.into());
+    // Each operation is tagged with its service (`operation`); a path is kept when all are kept.
+    let paths: Map<String, Value> = whole["paths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, item)| {
+            item.as_object().is_some_and(|operations| {
+                operations.values().all(|operation| {
+                    operation["tags"]
+                        .as_array()
+                        .is_some_and(|tags| tags.iter().all(|t| t.as_str().is_some_and(&keep)))
+                })
+            })
+        })
+        .map(|(path, item)| (path.clone(), item.clone()))
+        .collect();
+    let mut components = whole["components"].as_object().cloned().unwrap_or_default();
+    let all = components
+        .remove("schemas")
+        .and_then(|s| match s {
+            Value::Object(schemas) => Some(schemas),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut reached = Map::new();
+    let mut pending = Vec::new();
+    references(&Value::Object(paths.clone()), &mut pending);
+    references(&Value::Object(components.clone()), &mut pending);
+    while let Some(name) = pending.pop() {
+        if reached.contains_key(&name) {
+            continue;
+        }
+        if let Some(schema) = all.get(&name) {
+            references(schema, &mut pending);
+            reached.insert(name, schema.clone());
+        }
+    }
+    components.insert("schemas".into(), reached.into());
+    document.insert("paths".into(), paths.into());
+    document.insert("components".into(), components.into());
+    let websocket_only: Vec<String> = cached
+        .websocket_only
+        .iter()
+        .filter(|(service, _)| keep(service))
+        .map(|(_, method)| method.clone())
+        .collect();
+    if let Some(info) = document.get_mut("info") {
+        info["description"] = about(&websocket_only, cached.rules.is_some()).into();
+    }
+    Value::Object(document)
+}
+
+/// Adds to `names` the component schema names of every `$ref` in `value`.
+fn references(value: &Value, names: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                match (key.as_str(), field) {
+                    ("$ref", Value::String(target)) => {
+                        if let Some(name) = target.strip_prefix(OPENAPI_PREFIX) {
+                            names.push(name.to_string());
+                        }
+                    }
+                    _ => references(field, names),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| references(item, names)),
+        _ => {}
+    }
 }
 
 fn respond(body: String) -> Response {
@@ -83,12 +209,21 @@ fn respond(body: String) -> Response {
         .into_response()
 }
 
+/// A document built, with what [`view`] needs to cut it down.
+struct Built {
+    document: Value,
+    /// The services in it.
+    services: Vec<String>,
+    /// The client- and bidi-streaming methods left out, each with its service.
+    websocket_only: Vec<(String, String)>,
+}
+
 /// The document, and whether every service it should describe is in it.
 async fn build(
     state: &GatewayState,
     only: Option<&str>,
     rules: Option<&[Rule]>,
-) -> Result<(Value, bool), ApiError> {
+) -> Result<(Built, bool), ApiError> {
     let names: Vec<String> = match only {
         Some(service) => vec![service.to_string()],
         None => {
@@ -140,7 +275,7 @@ async fn build(
 
 /// The OpenAPI document of `services` (each a registered name and its schema), with security
 /// when `rules` are on.
-fn describe(services: &[(&str, Arc<Schema>)], rules: Option<&[Rule]>) -> Value {
+fn describe(services: &[(&str, Arc<Schema>)], rules: Option<&[Rule]>) -> Built {
     let mut set = SchemaSet::new(OPENAPI_PREFIX);
     let mut paths = Map::new();
     let mut tags = Vec::new();
@@ -175,7 +310,10 @@ fn describe(services: &[(&str, Arc<Schema>)], rules: Option<&[Rule]>) -> Value {
             };
             for method in grpc.methods() {
                 if method.is_client_streaming() {
-                    websocket_only.push(format!("`{service}` {}", endpoint(grpc, &method, true)));
+                    websocket_only.push((
+                        service.to_string(),
+                        format!("`{service}` {}", endpoint(grpc, &method, true)),
+                    ));
                     continue;
                 }
                 let public = rules.map(|rules| {
@@ -191,25 +329,8 @@ fn describe(services: &[(&str, Arc<Schema>)], rules: Option<&[Rule]>) -> Value {
             }
         }
     }
-    let mut about = String::from(
-        "The HTTP JSON gateway onto the registered gRPC services, described from their \
-         reflected descriptors. Bodies follow the proto3 JSON mapping: fields by their \
-         lowerCamelCase JSON name (the proto name is accepted too), 64-bit integers as decimal \
-         strings, enums by name, bytes as base64, well-known types in their JSON forms; replies \
-         carry every field, default values included. The schemas describe the canonical \
-         spelling; requests may also use proto field names, enum numbers, and decimal strings \
-         for any number. Unknown fields are refused (400) unless the gateway runs with \
-         `--allow-unknown-fields`. An error is `{code, message, details}` with \
-         the gRPC code, its HTTP status mapped as grpc-gateway does.\n\n\
-         Server-streaming methods answer NDJSON, one reply per line (or Server-Sent Events with \
-         `Accept: text/event-stream`). Client- and bidi-streaming methods are served over a \
-         WebSocket on the same path, which OpenAPI cannot describe: they are left out.",
-    );
-    if !websocket_only.is_empty() {
-        about.push_str(" Here: ");
-        about.push_str(&websocket_only.join(", "));
-        about.push('.');
-    }
+    let methods: Vec<String> = websocket_only.iter().map(|(_, m)| m.clone()).collect();
+    let about = about(&methods, rules.is_some());
     let mut components = Map::new();
     let mut schemas = set.into_definitions();
     schemas.insert(ERROR.into(), error_schema());
@@ -244,7 +365,44 @@ fn describe(services: &[(&str, Arc<Schema>)], rules: Option<&[Rule]>) -> Value {
         document["security"] = json!([{ "bearer": [] }]);
     }
     document["components"] = components.into();
-    document
+    Built {
+        document,
+        services: services.iter().map(|(name, _)| name.to_string()).collect(),
+        websocket_only,
+    }
+}
+
+/// The document's `info.description`: what the gateway does with JSON, naming the
+/// `websocket_only` methods it leaves out, and with `rules` on, that only what the caller may
+/// describe is there.
+fn about(websocket_only: &[String], rules: bool) -> String {
+    let mut about = String::from(
+        "The HTTP JSON gateway onto the registered gRPC services, described from their \
+         reflected descriptors. Bodies follow the proto3 JSON mapping: fields by their \
+         lowerCamelCase JSON name (the proto name is accepted too), 64-bit integers as decimal \
+         strings, enums by name, bytes as base64, well-known types in their JSON forms; replies \
+         carry every field, default values included. The schemas describe the canonical \
+         spelling; requests may also use proto field names, enum numbers, and decimal strings \
+         for any number. Unknown fields are refused (400) unless the gateway runs with \
+         `--allow-unknown-fields`. An error is `{code, message, details}` with \
+         the gRPC code, its HTTP status mapped as grpc-gateway does.\n\n\
+         Server-streaming methods answer NDJSON, one reply per line (or Server-Sent Events with \
+         `Accept: text/event-stream`). Client- and bidi-streaming methods are served over a \
+         WebSocket on the same path, which OpenAPI cannot describe: they are left out.",
+    );
+    if !websocket_only.is_empty() {
+        about.push_str(" Here: ");
+        about.push_str(&websocket_only.join(", "));
+        about.push('.');
+    }
+    if rules {
+        about.push_str(
+            "\n\nThe gateway's auth rules are on: this document describes only the services the \
+             caller may describe (a grant of `gateway:describe:/{service}`, as for \
+             `GET /{service}`); send an access token to see the ones your account may.",
+        );
+    }
+    about
 }
 
 /// `text` with `<` and `>` as HTML entities, so CommonMark shows them as written.

@@ -51,6 +51,27 @@ pub struct GatewayFlags {
     /// Trust X-Forwarded-For for the client IP (only behind a proxy you run) [default: false]
     #[arg(long, env = "MICRO_GATEWAY_BEHIND_PROXY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub behind_proxy: Option<String>,
+    /// A connection that has not sent a request's headers (TLS handshake included) within this
+    /// is closed [default: 10s]
+    #[arg(long, env = "MICRO_GATEWAY_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+    /// A keep-alive connection with no request for this long is closed [default: 60s]
+    #[arg(long, env = "MICRO_GATEWAY_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Connections served at once; past it new ones are closed as they are accepted
+    /// [default: 10000]
+    #[arg(long, env = "MICRO_GATEWAY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Concurrent HTTP/2 streams (requests) per connection [default: 100]
+    #[arg(long, env = "MICRO_GATEWAY_MAX_STREAMS", value_name = "N")]
+    pub max_streams: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; re-read when the file changes); needs
+    /// --tls-key [default: plain HTTP]
+    #[arg(long, env = "MICRO_GATEWAY_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<String>,
+    /// The private key of --tls-cert (PEM) [default: none]
+    #[arg(long, env = "MICRO_GATEWAY_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<String>,
 }
 
 /// Resolved gateway options.
@@ -96,6 +117,23 @@ pub struct GatewayOptions {
     pub auth_rules: Option<std::path::PathBuf>,
     /// Cookie that may carry the access token.
     pub auth_cookie: Option<String>,
+    /// Time a connection has to send a request's headers (and its TLS handshake) from its
+    /// start, or from the first byte after it was idle.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may stay without a request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections served at once (upgraded WebSockets included).
+    #[serde(deserialize_with = "number")]
+    pub max_connections: u32,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(deserialize_with = "number")]
+    pub max_streams: u32,
+    /// Certificate chain (PEM) of the HTTPS listener; HTTPS is served when set.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayOptions {
@@ -117,6 +155,12 @@ impl Default for GatewayOptions {
             behind_proxy: false,
             auth_rules: None,
             auth_cookie: None,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_streams: 100,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -227,12 +271,49 @@ impl GatewayOptions {
             })?;
         }
         check_auth(&options)?;
+        check_listener(&options)?;
         if options.rate_burst.is_some() && options.rate_limit.is_none() {
             return Err(micro_core::Error::Option(
                 "option `rate-burst` needs `rate-limit`".into(),
             ));
         }
         Ok(options)
+    }
+}
+
+/// The HTTP listener's limits are positive, and TLS has both its files or neither.
+fn check_listener(options: &GatewayOptions) -> micro_core::Result<()> {
+    for (name, value) in [
+        ("header-timeout", options.header_timeout),
+        ("idle-timeout", options.idle_timeout),
+        ("timeout", options.timeout),
+    ] {
+        if value.is_zero() {
+            return Err(micro_core::Error::Option(format!(
+                "option `{name}` must be longer than 0 (it was 0)"
+            )));
+        }
+    }
+    for (name, value) in [
+        ("max-connections", options.max_connections),
+        ("max-streams", options.max_streams),
+    ] {
+        if value == 0 {
+            return Err(micro_core::Error::Option(format!(
+                "option `{name}` must be at least 1 (it was 0)"
+            )));
+        }
+    }
+    match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), None) => Err(micro_core::Error::Option(format!(
+            "option `tls-cert` (`{}`) needs `tls-key`, the certificate's private key",
+            cert.display()
+        ))),
+        (None, Some(key)) => Err(micro_core::Error::Option(format!(
+            "option `tls-key` (`{}`) needs `tls-cert`, the certificate it belongs to",
+            key.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -339,6 +420,75 @@ mod tests {
                 &["--auth-cookie", "token"][..],
                 ["auth-cookie", "auth-rules"],
             ),
+        ] {
+            let err = GatewayOptions::load_from(std::iter::once("g").chain(args.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(names.iter().all(|n| err.contains(n)), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn listener_limits_take_every_layer() {
+        let options = GatewayOptions::load_from(["g"]).unwrap();
+        assert_eq!(
+            (
+                options.header_timeout,
+                options.idle_timeout,
+                options.max_connections,
+                options.max_streams,
+                options.tls_cert.is_none(),
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                10_000,
+                100,
+                true
+            )
+        );
+        let file = std::env::temp_dir().join(format!(
+            "micro-gateway-options-{}-{:08x}.toml",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::write(
+            &file,
+            "header-timeout = \"5s\"\nmax-streams = 7\nmax-connections = 300\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let options = GatewayOptions::load_from([
+            "g",
+            "--config-file",
+            path,
+            "--header-timeout",
+            "3s",
+            "--idle-timeout",
+            "90s",
+        ])
+        .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            (
+                options.header_timeout,
+                options.idle_timeout,
+                options.max_connections,
+                options.max_streams
+            ),
+            (Duration::from_secs(3), Duration::from_secs(90), 300, 7),
+            "flags over the file, the file over the defaults"
+        );
+        for (args, names) in [
+            (&["--header-timeout", "0s"][..], ["header-timeout", "0"]),
+            (
+                &["--idle-timeout", "later"][..],
+                ["--idle-timeout", "later"],
+            ),
+            (&["--max-connections", "0"][..], ["max-connections", "0"]),
+            (&["--max-streams", "many"][..], ["--max-streams", "many"]),
+            (&["--tls-cert", "cert.pem"][..], ["tls-cert", "tls-key"]),
+            (&["--tls-key", "key.pem"][..], ["tls-key", "tls-cert"]),
         ] {
             let err = GatewayOptions::load_from(std::iter::once("g").chain(args.iter().copied()))
                 .unwrap_err()

@@ -41,7 +41,15 @@ pub(crate) async fn read_body(
         {
             Err(too_large())
         }
-        Err(e) => Err(ApiError::bad_request(format!("cannot read the body: {e}"))),
+        Err(e) => match crate::serve::body_timeout(e.as_ref()) {
+            // Answered 408, and counted as such in the metrics and the access log.
+            Some(late) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                tonic::Code::DeadlineExceeded,
+                late.to_string(),
+            )),
+            None => Err(ApiError::bad_request(format!("cannot read the body: {e}"))),
+        },
     }
 }
 

@@ -89,7 +89,7 @@ enum Command {
 }
 
 /// The service flags that mean nothing to this command: hidden from `--help`.
-const SERVICE_ONLY: [&str; 7] = [
+const SERVICE_ONLY: [&str; 10] = [
     "server_name",
     "server_address",
     "server_version",
@@ -97,6 +97,9 @@ const SERVICE_ONLY: [&str; 7] = [
     "register_interval",
     "shutdown_timeout",
     "auth_sessions_table",
+    "server_tls_cert",
+    "server_tls_key",
+    "server_tls_client_ca",
 ];
 
 /// The command line: plugin flags global (valid after the subcommand too), service-only

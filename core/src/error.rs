@@ -122,3 +122,20 @@ impl Error {
         }
     }
 }
+
+/// `error` and every cause under it, `: `-separated, each once: a transport error's display
+/// alone ("transport error") hides what failed (a refused connection, a certificate that does
+/// not verify).
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}

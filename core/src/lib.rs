@@ -42,6 +42,7 @@ pub mod options;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wrapper;
 
 #[cfg(feature = "conformance")]
@@ -53,7 +54,7 @@ pub use broker::Broker;
 pub use catalog::Catalog;
 pub use client::Client;
 pub use config::Config;
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, with_causes};
 pub use events::Events;
 pub use options::Options;
 pub use registry::Registry;

@@ -83,6 +83,23 @@ pub struct Options {
     /// How many other nodes the client tries when a call could not reach a handler.
     #[serde(deserialize_with = "number")]
     pub client_retries: u32,
+    /// PEM certificate chain the server presents: with `server-tls-key`, gRPC is served over
+    /// TLS and the node is registered with `secure=true`. Re-read when the file changes.
+    pub server_tls_cert: Option<PathBuf>,
+    /// PEM private key of `server-tls-cert`.
+    pub server_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate signed by one (mutual TLS).
+    pub server_tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificates the client verifies secure nodes and TLS backends with (instead of
+    /// the system's roots).
+    pub client_tls_ca: Option<PathBuf>,
+    /// PEM certificate chain the client presents to servers that ask for one (mutual TLS).
+    pub client_tls_cert: Option<PathBuf>,
+    /// PEM private key of `client-tls-cert`.
+    pub client_tls_key: Option<PathBuf>,
+    /// Shared secret of the `remote` registry: the embedded registry refuses calls without it,
+    /// and the `remote` plugin sends it.
+    pub registry_token: Option<String>,
 }
 
 impl Default for Options {
@@ -110,6 +127,13 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(30),
             client_timeout: Duration::from_secs(30),
             client_retries: 2,
+            server_tls_cert: None,
+            server_tls_key: None,
+            server_tls_client_ca: None,
+            client_tls_ca: None,
+            client_tls_cert: None,
+            client_tls_key: None,
+            registry_token: None,
         }
     }
 }
@@ -188,6 +212,34 @@ pub struct ServiceFlags {
     /// Retries on other nodes for calls that reached no handler [default: 2]
     #[arg(long, env = "MICRO_CLIENT_RETRIES", value_name = "N")]
     pub client_retries: Option<String>,
+    /// Serve gRPC over TLS with this PEM certificate chain (with --server-tls-key)
+    /// [default: plaintext]
+    #[arg(long, env = "MICRO_SERVER_TLS_CERT", value_name = "PATH")]
+    pub server_tls_cert: Option<String>,
+    /// PEM private key of --server-tls-cert
+    #[arg(long, env = "MICRO_SERVER_TLS_KEY", value_name = "PATH")]
+    pub server_tls_key: Option<String>,
+    /// Require client certificates signed by these PEM CAs (mutual TLS) [default: off]
+    #[arg(long, env = "MICRO_SERVER_TLS_CLIENT_CA", value_name = "PATH")]
+    pub server_tls_client_ca: Option<String>,
+    /// Verify secure nodes and TLS backends against these PEM CAs [default: the system roots]
+    #[arg(long, env = "MICRO_CLIENT_TLS_CA", value_name = "PATH")]
+    pub client_tls_ca: Option<String>,
+    /// Present this PEM certificate chain to servers that ask (with --client-tls-key)
+    #[arg(long, env = "MICRO_CLIENT_TLS_CERT", value_name = "PATH")]
+    pub client_tls_cert: Option<String>,
+    /// PEM private key of --client-tls-cert
+    #[arg(long, env = "MICRO_CLIENT_TLS_KEY", value_name = "PATH")]
+    pub client_tls_key: Option<String>,
+    /// Shared secret of the remote registry (sent by the remote plugin, required by the
+    /// gateway's embedded registry when set) [default: none]
+    #[arg(
+        long,
+        env = "MICRO_REGISTRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub registry_token: Option<String>,
 }
 
 #[derive(Parser)]
@@ -228,6 +280,23 @@ impl Options {
                 self.server_address
             ))
         })?;
+        pair(
+            "server-tls-cert",
+            &self.server_tls_cert,
+            "server-tls-key",
+            &self.server_tls_key,
+        )?;
+        pair(
+            "client-tls-cert",
+            &self.client_tls_cert,
+            "client-tls-key",
+            &self.client_tls_key,
+        )?;
+        if self.server_tls_client_ca.is_some() && self.server_tls_cert.is_none() {
+            return Err(Error::Option(
+                "option `server-tls-client-ca` asks clients for certificates over TLS, but the server has none: add `server-tls-cert` and `server-tls-key`".into(),
+            ));
+        }
         if self.register_interval >= self.register_ttl {
             return Err(Error::Option(format!(
                 "option `register-interval` ({}) must be shorter than `register-ttl` ({}), or registrations lapse between refreshes",
@@ -340,6 +409,19 @@ fn split_by_source(
         };
     }
     (env, cli)
+}
+
+/// Two options that only work together: both or neither.
+fn pair(a: &str, a_value: &Option<PathBuf>, b: &str, b_value: &Option<PathBuf>) -> Result<()> {
+    match (a_value, b_value) {
+        (Some(_), None) => Err(Error::Option(format!(
+            "option `{a}` is set but `{b}` is not: give both"
+        ))),
+        (None, Some(_)) => Err(Error::Option(format!(
+            "option `{b}` is set but `{a}` is not: give both"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn config_file_path(
@@ -579,6 +661,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("register-interval"), "{err}");
+        let err = load(Options::new("g"), &["--server-tls-cert", "c.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server-tls-cert") && err.contains("server-tls-key"),
+            "{err}"
+        );
+        let err = load(Options::new("g"), &["--client-tls-key", "k.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client-tls-cert"), "{err}");
+        let err = load(Options::new("g"), &["--server-tls-client-ca", "ca.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server-tls-client-ca"), "{err}");
         let err = load(Options::new("g").set("register-ttl", "soon"), &[])
             .unwrap_err()
             .to_string();

@@ -46,7 +46,9 @@ mod events;
 mod everything;
 mod fixture;
 mod http;
+mod pki;
 mod process;
+mod rabbit;
 mod server;
 mod wait;
 mod wrapped;
@@ -61,7 +63,9 @@ pub use fixture::{
     greeter_server, no_stream, start_greeter, start_greeter_v2, test_options,
 };
 pub use http::{HttpResponse, get, post, raw_http};
+pub use pki::{Issued, TestPki};
 pub use process::{Finished, GatewayProcess, Process, binary, python, run, run_command};
+pub use rabbit::PrivateRabbit;
 pub use server::{PrivateServer, accepts, free_port};
 pub use wait::{error_naming, eventually, prompt_error, wait_until};
 pub use wrapped::Wrapped;

@@ -210,7 +210,7 @@ impl GatewayProcess {
         let mut process = Process::start("micro-gateway", &args, env, None);
         let line = process.line_containing("listening on", STARTUP);
         GatewayProcess {
-            http: address_after(&line, "http://"),
+            http: address_after(&line, "://"),
             registry: address_after(&line, "served on "),
             process,
         }

@@ -311,7 +311,19 @@ impl Auth for NoTokens {
 fn with_auth_rules_the_document_has_bearer_security() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    // Descriptions are public here: with rules on, `/openapi.json` shows only the services the
+    // caller may describe (tests/tests/auth.rs checks the refusals with real tokens).
+    let describe_public = || {
+        Rule::new(
+            "describe-public",
+            "",
+            Resource::new("gateway", "describe", "*"),
+            Access::Grant,
+            0,
+        )
+    };
     let rules = Rules::fixed(vec![
+        describe_public(),
         Rule::new(
             "hello-public",
             "",
@@ -353,13 +365,16 @@ fn with_auth_rules_the_document_has_bearer_security() {
     validate(&document);
     // New rules make a new document.
     rules
-        .set(vec![Rule::new(
-            "any-account",
-            "*",
-            Resource::new("service", "*", "*"),
-            Access::Grant,
-            0,
-        )])
+        .set(vec![
+            describe_public(),
+            Rule::new(
+                "any-account",
+                "*",
+                Resource::new("service", "*", "*"),
+                Access::Grant,
+                0,
+            ),
+        ])
         .expect("set rules");
     let document = fetch(&gateway, "/openapi.json");
     assert!(

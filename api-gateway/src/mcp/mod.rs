@@ -8,6 +8,8 @@
 //!   afterwards, and `DELETE` has nothing to end.
 //! - `GET /mcp` (`Accept: text/event-stream`) is the server's stream: a
 //!   `notifications/tools/list_changed` whenever a service (or a version of one) comes or goes.
+//! - With auth rules, `tools/list` lists only the tools of services the caller may describe
+//!   (`gateway:describe:/{service}`), and `tools/call` is decided per endpoint as the HTTP call.
 //! - A browser `Origin` that `--cors-origins` does not allow and that is not the gateway's own
 //!   is refused (403), as the transport requires against DNS rebinding.
 
@@ -196,7 +198,7 @@ async fn dispatch(
     match method {
         "initialize" => Ok(initialize(&params)),
         "ping" => Ok(json!({})),
-        "tools/list" => Ok(json!({ "tools": tools::list(state).await })),
+        "tools/list" => Ok(json!({ "tools": tools::list(state, headers).await })),
         "tools/call" => {
             let name = params
                 .get("name")

@@ -1,12 +1,17 @@
 //! The tools: one per unary method of every registered service, named
 //! `service.Service.Method`, called through the gateway's own call path (so auth rules, timeouts
 //! and transcoding are exactly those of `POST /{service}/{Service}/{Method}`).
+//!
+//! With auth rules, `tools/list` tells no more than `GET /` does: it lists the tools of only
+//! the services the caller may describe (`gateway:describe:/{service}`, as for
+//! `GET /{service}`). `tools/call` is decided as the HTTP call is, per endpoint.
 
 use http::HeaderMap;
 use prost_reflect::MethodDescriptor;
 use serde_json::{Value, json};
 
 use super::{INVALID_PARAMS, RpcError};
+use crate::auth::Describer;
 use crate::call::{self, CallTarget, Input};
 use crate::gateway::GatewayState;
 
@@ -20,9 +25,10 @@ struct Tool {
     method: MethodDescriptor,
 }
 
-/// Every tool, services in name order; a service whose descriptors cannot be fetched is left
-/// out (and logged), not an error for the whole list.
-async fn tools(state: &GatewayState) -> Vec<Tool> {
+/// Every tool, services in name order, of the services `describer` lets the caller describe
+/// (all without one); a service whose descriptors cannot be fetched is left out (and logged),
+/// not an error for the whole list.
+async fn tools(state: &GatewayState, describer: Option<&Describer>) -> Vec<Tool> {
     let mut names: Vec<String> = match state.registry.list_services().await {
         Ok(services) => services.into_iter().map(|s| s.name).collect(),
         Err(e) => {
@@ -32,6 +38,8 @@ async fn tools(state: &GatewayState) -> Vec<Tool> {
     };
     names.sort();
     names.dedup();
+    // Decided before any descriptor is fetched: nothing is read for a hidden service.
+    names.retain(|service| describer.is_none_or(|d| d.may_describe(service)));
     let mut tools = Vec::new();
     for service in names {
         let schema = match state.schemas.get(&service).await {
@@ -97,9 +105,14 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// `tools/list`: each tool with its description and the JSON Schemas of its request and reply.
-pub(super) async fn list(state: &GatewayState) -> Vec<Value> {
-    tools(state)
+/// `tools/list`: each tool with its description and the JSON Schemas of its request and reply;
+/// with auth rules, only the tools of services the caller of `headers` may describe.
+pub(super) async fn list(state: &GatewayState, headers: &HeaderMap) -> Vec<Value> {
+    let describer = match &state.auth {
+        Some(auth) => Some(auth.describer(headers).await),
+        None => None,
+    };
+    tools(state, describer.as_ref())
         .await
         .iter()
         .map(|tool| {
@@ -131,7 +144,11 @@ pub(super) async fn call(
     let found = match find(state, name).await {
         Some(tool) => Some(tool),
         // A name sanitising changed (or a service with dots to spare): the whole list.
-        None => tools(state).await.into_iter().find(|t| t.name == name),
+        // The call itself is decided per endpoint (`call::call`), so every tool is looked at.
+        None => tools(state, None)
+            .await
+            .into_iter()
+            .find(|t| t.name == name),
     };
     let Some(tool) = found else {
         return Err(RpcError::new(

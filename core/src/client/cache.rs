@@ -9,6 +9,7 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::registry::{Node, Registry};
+use crate::tls::{ClientTls, SECURE_METADATA};
 use crate::{Error, Result};
 
 /// A node and the channel to it (connecting lazily, reconnecting by itself).
@@ -24,12 +25,20 @@ pub(super) struct Resolved {
 }
 
 /// Read on every call, written when a service's nodes change: a read-mostly lock.
-#[derive(Default)]
 pub(super) struct Cache {
     services: RwLock<HashMap<String, Arc<Resolved>>>,
+    /// How secure nodes are dialled.
+    pub(super) tls: Arc<ClientTls>,
 }
 
 impl Cache {
+    pub(super) fn new(tls: Arc<ClientTls>) -> Self {
+        Cache {
+            services: RwLock::default(),
+            tls,
+        }
+    }
+
     fn get(&self, service: &str) -> Option<Arc<Resolved>> {
         self.services
             .read()
@@ -48,8 +57,8 @@ impl Cache {
                 let kept = previous.as_ref().and_then(|p| p.targets.iter().find(|t| t.node.address == node.address)).map(|t| t.channel.clone());
                 let channel = match kept {
                     Some(channel) => channel,
-                    None => match Endpoint::from_shared(format!("http://{}", node.address)) {
-                        Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true).connect_lazy(),
+                    None => match self.dial(service, &node) {
+                        Ok(channel) => channel,
                         Err(e) => {
                             tracing::warn!(%service, node = %node.id, address = %node.address, error = %e, "node address unusable; skipped");
                             return None;
@@ -61,6 +70,24 @@ impl Cache {
             .collect();
         let turn = AtomicUsize::new(fastrand::usize(..));
         services.insert(service.to_string(), Arc::new(Resolved { targets, turn }));
+    }
+
+    /// A lazy channel to `node`: TLS when it is registered as secure, plaintext otherwise.
+    fn dial(&self, service: &str, node: &Node) -> Result<Channel> {
+        if node
+            .metadata
+            .get(SECURE_METADATA)
+            .is_some_and(|v| v == "true")
+        {
+            let what = format!("node {} ({}) of `{service}`", node.id, node.address);
+            return self.tls.channel(&node.address, &what);
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", node.address))
+            .map_err(|e| Error::Option(format!("`{}` is not an address: {e}", node.address)))?;
+        Ok(endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy())
     }
 
     fn forget(&self, service: &str) {

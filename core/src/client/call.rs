@@ -15,8 +15,10 @@ use tower::{Service, ServiceExt};
 use super::Selector;
 use super::body::SharedBody;
 use super::cache::{Cache, Resolved, Target, resolve};
+use crate::error::with_causes;
 use crate::grpc::grpc_timeout;
 use crate::registry::Registry;
+use crate::tls::ClientTls;
 use crate::{BoxError, Error};
 
 /// How long a node that refused a connection is passed over.
@@ -27,7 +29,7 @@ pub(super) struct Inner {
     pub(super) timeout: Duration,
     pub(super) retries: u32,
     pub(super) selector: Selector,
-    cache: Arc<Cache>,
+    pub(super) cache: Arc<Cache>,
     /// Addresses that failed lately, and until when they are passed over.
     cooling: Mutex<HashMap<String, Instant>>,
     /// Whether `cooling` may hold anything: lets the common call skip its lock.
@@ -40,13 +42,14 @@ impl Inner {
         timeout: Duration,
         retries: u32,
         selector: Selector,
+        tls: Arc<ClientTls>,
     ) -> Self {
         Inner {
             registry,
             timeout,
             retries,
             selector,
-            cache: Arc::default(),
+            cache: Arc::new(Cache::new(tls)),
             cooling: Mutex::default(),
             any_cooling: AtomicBool::new(false),
         }
@@ -190,10 +193,10 @@ async fn attempts(
                 if let Some(late) = deadline_passed(&error, service) {
                     return Err(late);
                 }
-                tracing::warn!(%service, %node, %address, attempt, error = %error, "node unreachable; trying another");
+                tracing::warn!(%service, %node, %address, attempt, error = %with_causes(&error), "node unreachable; trying another");
                 inner.cool(address);
                 tried.push(address.clone());
-                last_error = Some(error.into());
+                last_error = Some(with_causes(&error).into());
             }
             Err(error) => {
                 if let Some(late) = deadline_passed(&error, service) {
@@ -202,7 +205,7 @@ async fn attempts(
                 // Part of the request was sent: it may have reached the handler, so it is not
                 // retried; the node is still passed over by the next calls.
                 inner.cool(address);
-                return Err(tonic::Status::unavailable(format!("node {address} of `{service}` failed during the call (not retried: the request may have reached its handler): {error}")).into());
+                return Err(tonic::Status::unavailable(format!("node {address} of `{service}` failed during the call (not retried: the request may have reached its handler): {}", with_causes(&error))).into());
             }
         }
     }
@@ -234,8 +237,9 @@ async fn send_once(
             }
             inner.cool(&target.node.address);
             tonic::Status::unavailable(format!(
-                "node {} of `{service}` failed: {error}",
-                target.node.address
+                "node {} of `{service}` failed: {}",
+                target.node.address,
+                with_causes(&error)
             ))
             .into()
         })

@@ -10,6 +10,11 @@
 //! `grpc-timeout` when shorter). A call is retried on another node only when it never reached a
 //! handler: the connection failed before any of the request was taken (go-micro retried calls
 //! that had already run, #2133).
+//!
+//! A node registered with `secure=true` is dialled over TLS, verified against `client-tls-ca`
+//! (or the system's roots) and presenting `client-tls-cert` when set; one it cannot verify
+//! fails the call with `UNAVAILABLE` naming the node and `--client-tls-ca`, never a plaintext
+//! or unverified fallback.
 
 mod body;
 mod cache;
@@ -24,6 +29,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::options::Options;
 use crate::registry::Registry;
+use crate::tls::ClientTls;
 use crate::wrapper::{CallLayer, CallService, Wrapper, apply};
 
 /// How the client picks a node.
@@ -90,6 +96,7 @@ impl Client {
                 options.client_timeout,
                 options.client_retries,
                 Selector::RoundRobin,
+                Arc::new(ClientTls::from_options(options)),
             )),
             wrappers: Vec::new(),
         }
@@ -139,6 +146,7 @@ impl Client {
             self.inner.timeout,
             self.inner.retries,
             self.inner.selector,
+            self.inner.cache.tls.clone(),
         );
         change(&mut inner);
         Client {

@@ -205,6 +205,15 @@ pub fn query_to_json(descriptor: &MessageDescriptor, query: &str) -> Result<Vec<
         let key = decode(raw_key)?;
         let value = decode(raw_value)?;
         let segments: Vec<&str> = key.split('.').collect();
+        // One JSON object per segment: a path deeper than the transcoder accepts is refused
+        // before the recursive walk and the JSON tree. (Thousands of segments through a
+        // recursive message, or `Struct`, built a tree whose drop overflowed the stack.)
+        if segments.len() > MAX_DEPTH {
+            return Err(JsonError::new(format!(
+                "a query parameter nests {} fields deep, more than {MAX_DEPTH}",
+                segments.len()
+            )));
+        }
         let field_kind = field_kind(descriptor, &segments).ok_or_else(|| {
             JsonError::new(format!(
                 "query parameter `{key}`: no such field in {}",
@@ -456,6 +465,31 @@ mod tests {
         let mut pool = prost_reflect::DescriptorPool::global();
         pool.add_file_descriptor_proto(file).unwrap();
         pool.get_message_by_name("m.M").unwrap()
+    }
+
+    #[test]
+    fn refuses_query_keys_nested_deeper_than_max_depth() {
+        let descriptor = prost_reflect::DescriptorPool::global()
+            .get_message_by_name("google.protobuf.Struct")
+            .unwrap();
+        // `Struct` nests itself: three segments a level.
+        let key = |levels: usize| {
+            format!(
+                "{}fields.value.stringValue=x",
+                "fields.value.structValue.".repeat(levels)
+            )
+        };
+        assert!(query_to_json(&descriptor, &key(20)).is_ok());
+        // A 50 kB query aborted the process on a 2 MiB stack (reproduced with fuzz/, target
+        // `query`); the thread here has less.
+        let deep = key(30_000);
+        let refused = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || query_to_json(&descriptor, &deep))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(refused.unwrap_err().message.contains("more than 64"));
     }
 
     #[test]

@@ -207,6 +207,19 @@ impl Server {
             })?;
         let local = listener.local_addr()?;
         let advertised = advertised_address(local);
+        let tls = crate::tls::ServerTls::from_options(&self.options)?.map(Arc::new);
+        let mut node_metadata: BTreeMap<String, String> = [
+            ("protocol", "grpc"),
+            ("transport", "grpc"),
+            ("server", "micro-rust"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if tls.is_some() {
+            // Clients dial this node with TLS (go-micro registers the same key).
+            node_metadata.insert(crate::tls::SECURE_METADATA.into(), "true".into());
+        }
         let endpoints = endpoints_of(&self.pool, &self.names);
         let service = crate::registry::Service {
             name: self.options.server_name.clone(),
@@ -216,14 +229,7 @@ impl Server {
             nodes: vec![Node {
                 id: format!("{}-{:016x}", self.options.server_name, fastrand::u64(..)),
                 address: advertised.to_string(),
-                metadata: [
-                    ("protocol", "grpc"),
-                    ("transport", "grpc"),
-                    ("server", "micro-rust"),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+                metadata: node_metadata,
             }],
         };
         let handlers = self.handlers(&service)?;
@@ -259,13 +265,28 @@ impl Server {
             }
         };
         let serving = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .serve_with_incoming_shutdown(
-                    all,
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    graceful,
-                )
-                .await;
+            let server = tonic::transport::Server::builder();
+            let result = match tls {
+                Some(tls) => {
+                    server
+                        .serve_with_incoming_shutdown(
+                            all,
+                            crate::tls::incoming(tls, listener),
+                            graceful,
+                        )
+                        .await
+                }
+                None => {
+                    server
+                        .serve_with_incoming_shutdown(
+                            all,
+                            tonic::transport::server::TcpIncoming::from(listener)
+                                .with_nodelay(Some(true)),
+                            graceful,
+                        )
+                        .await
+                }
+            };
             let _ = done_tx.send(true);
             result.map_err(|e| Error::Server(e.to_string()))
         });
@@ -276,7 +297,7 @@ impl Server {
             stop_rx,
         )
         .await;
-        tracing::info!(service = %service.name, node = %service.nodes[0].id, address = %advertised, registry = self.registry.name(), "server started");
+        tracing::info!(service = %service.name, node = %service.nodes[0].id, address = %advertised, registry = self.registry.name(), tls = service.nodes[0].metadata.contains_key(crate::tls::SECURE_METADATA), "server started");
         Ok(RunningServer {
             subscriptions,
             consumers,

@@ -28,7 +28,7 @@ use micro_core::{Error, Result};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::{AbortOnDrop, Conn, NAME};
+use crate::{AbortOnDrop, Conn, EtcdTls, NAME};
 
 /// Where the config tree lives unless told otherwise.
 pub const PREFIX: &str = "/micro/config/";
@@ -57,15 +57,31 @@ impl std::fmt::Debug for EtcdConfig {
 
 impl EtcdConfig {
     /// Connects to etcd at `address` (endpoints comma-separated) with the tree under
-    /// [`PREFIX`].
+    /// [`PREFIX`]. `https://` endpoints are verified against the system's roots; see
+    /// [`connect_tls`](Self::connect_tls).
     pub async fn connect(address: &str) -> Result<Self> {
-        Self::connect_with_prefix(address, PREFIX).await
+        Self::connect_tls_with_prefix(address, &EtcdTls::default(), PREFIX).await
+    }
+
+    /// Like [`connect`](Self::connect), dialing `https://` endpoints with `tls`.
+    pub async fn connect_tls(address: &str, tls: &EtcdTls) -> Result<Self> {
+        Self::connect_tls_with_prefix(address, tls, PREFIX).await
     }
 
     /// Connects to etcd at `address` with the tree under `prefix` (a `/` is added at its end
     /// when missing).
     pub async fn connect_with_prefix(address: &str, prefix: &str) -> Result<Self> {
-        let conn = crate::connect(COMPONENT, address).await?;
+        Self::connect_tls_with_prefix(address, &EtcdTls::default(), prefix).await
+    }
+
+    /// [`connect_with_prefix`](Self::connect_with_prefix) dialing `https://` endpoints with
+    /// `tls`.
+    pub async fn connect_tls_with_prefix(
+        address: &str,
+        tls: &EtcdTls,
+        prefix: &str,
+    ) -> Result<Self> {
+        let conn = crate::connect(COMPONENT, address, tls).await?;
         Self::start(conn, prefix).await
     }
 

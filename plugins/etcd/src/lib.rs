@@ -22,14 +22,29 @@
 //!
 //! Through the catalog, [`install`] makes them available as `--registry etcd`, `--config etcd`
 //! and `--store etcd`; the address option takes several endpoints comma-separated.
+//!
+//! `https://` endpoints are dialed over TLS ([`EtcdTls`]): etcd's certificate is verified
+//! against `--client-tls-ca` (the system's roots when not given) and `--client-tls-cert` /
+//! `--client-tls-key` are presented when set, for an etcd started with `--client-cert-auth`.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> micro_core::Result<()> {
+//! let tls = micro_etcd::EtcdTls::new()
+//!     .with_ca("ca.pem")
+//!     .with_identity("client.pem", "client.key");
+//! let store = micro_etcd::EtcdStore::connect_tls("https://10.0.0.1:2379", &tls).await?;
+//! # let _ = store; Ok(()) }
+//! ```
 
 mod config;
 mod registry;
 mod store;
+mod tls;
 
 pub use config::{EtcdConfig, PREFIX as CONFIG_PREFIX};
 pub use registry::{EtcdRegistry, PREFIX as REGISTRY_PREFIX};
 pub use store::{EtcdStore, PREFIX as STORE_PREFIX};
+pub use tls::EtcdTls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,21 +69,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Each factory connects to the component's address option (`--registry-address`,
 /// `--config-address`, `--store-address`), [`DEFAULT_ADDRESS`] when unset; several endpoints
-/// may be given comma-separated.
+/// may be given comma-separated. `https://` endpoints use TLS with the process's client TLS
+/// options ([`EtcdTls::from_options`]: `--client-tls-ca`, `--client-tls-cert`,
+/// `--client-tls-key`).
 pub fn install(catalog: &mut Catalog) {
     catalog.add_registry(NAME, |opts| async move {
         let address = opts.address.unwrap_or_else(|| DEFAULT_ADDRESS.into());
+        let tls = EtcdTls::from_options(&opts.options);
         // A server must come up and keep trying to register while etcd is away: an
         // unreachable etcd is reported here, and the registry is returned all the same.
-        Ok(Arc::new(EtcdRegistry::connect_tolerant(&address).await?) as _)
+        Ok(Arc::new(EtcdRegistry::connect_tolerant_tls(&address, &tls).await?) as _)
     });
     catalog.add_config(NAME, |opts| async move {
         let address = opts.address.unwrap_or_else(|| DEFAULT_ADDRESS.into());
-        Ok(Arc::new(EtcdConfig::connect(&address).await?) as _)
+        let tls = EtcdTls::from_options(&opts.options);
+        Ok(Arc::new(EtcdConfig::connect_tls(&address, &tls).await?) as _)
     });
     catalog.add_store(NAME, |opts| async move {
         let address = opts.address.unwrap_or_else(|| DEFAULT_ADDRESS.into());
-        Ok(Arc::new(EtcdStore::connect(&address).await?) as _)
+        let tls = EtcdTls::from_options(&opts.options);
+        Ok(Arc::new(EtcdStore::connect_tls(&address, &tls).await?) as _)
     });
 }
 
@@ -87,13 +107,17 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// The endpoints of `address`: comma-separated, blanks ignored, [`DEFAULT_ADDRESS`] when empty.
+/// The endpoints of `address`: comma-separated, blanks ignored, [`DEFAULT_ADDRESS`] when empty;
+/// schemes in lower case (etcd-client tells `https://` from `http://` case-sensitively).
 pub(crate) fn endpoints(address: &str) -> Vec<String> {
     let list: Vec<String> = address
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(String::from)
+        .map(|e| match e.split_once("://") {
+            Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            None => e.to_string(),
+        })
         .collect();
     if list.is_empty() {
         vec![DEFAULT_ADDRESS.to_string()]
@@ -103,47 +127,74 @@ pub(crate) fn endpoints(address: &str) -> Vec<String> {
 }
 
 /// Connects to `address` and checks etcd answers, within a bounded time.
-pub(crate) async fn connect(component: &'static str, address: &str) -> Result<Conn> {
-    connect_checked(component, address, true).await
+pub(crate) async fn connect(component: &'static str, address: &str, tls: &EtcdTls) -> Result<Conn> {
+    connect_checked(component, address, tls, true).await
 }
 
-/// Connects to `address`; when `require_answer` is false an etcd that does not answer yet is
-/// logged as an error naming the endpoints, and the lazily connecting client returned anyway.
+/// Connects to `address` (over TLS when its endpoints are `https://`); when `require_answer`
+/// is false an etcd that does not answer yet is logged as an error naming the endpoints, and
+/// the lazily connecting client returned anyway. A certificate that does not verify, either
+/// way, is an error naming the endpoints and the option that fixes it: waiting would not help.
 pub(crate) async fn connect_checked(
     component: &'static str,
     address: &str,
+    tls: &EtcdTls,
     require_answer: bool,
 ) -> Result<Conn> {
     let list = endpoints(address);
     let joined = list.join(",");
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    let secure = tls::secure(component, &list)?;
+    if secure {
+        let config = tls::tonic(tls).map_err(|e| {
+            Error::Option(format!("{NAME} {component}: TLS to etcd at {joined}: {e}"))
+        })?;
+        options = options.with_tls(config);
+    }
     let mut client = Client::connect(&list, Some(options))
         .await
         .map_err(|e| Error::backend(component, NAME, format!("connect {joined}"), e))?;
     // The channel connects lazily: ask for the status so an unreachable etcd is reported here.
     let answer =
         tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), client.status()).await;
-    if !require_answer && !matches!(answer, Ok(Ok(_))) {
-        tracing::error!(endpoints = %joined, "cannot reach etcd at {joined}; the {component} keeps trying");
-        return Ok(Conn {
-            client,
-            endpoints: joined,
-        });
-    }
+    let conn = Conn {
+        client,
+        endpoints: joined.clone(),
+    };
     match answer {
-        Ok(Ok(_)) => Ok(Conn {
-            client,
-            endpoints: joined,
-        }),
-        Ok(Err(e)) => Err(Error::backend(
-            component,
-            NAME,
-            format!("cannot reach etcd at {joined}"),
-            e,
-        )),
+        Ok(Ok(_)) => Ok(conn),
+        Ok(Err(e)) => {
+            let why = match secure.then(|| tls::explain(tls, &e)).flatten() {
+                Some(why) => Some(why),
+                None if secure => tls::diagnose(tls, &list).await,
+                None => None,
+            };
+            if let Some(why) = why {
+                return Err(Error::backend(
+                    component,
+                    NAME,
+                    format!("cannot connect to etcd at {joined} over TLS: {why}"),
+                    e,
+                ));
+            }
+            if !require_answer {
+                tracing::error!(endpoints = %joined, error = %e, "cannot reach etcd at {joined}; the {component} keeps trying");
+                return Ok(conn);
+            }
+            Err(Error::backend(
+                component,
+                NAME,
+                format!("cannot reach etcd at {joined}"),
+                e,
+            ))
+        }
+        Err(_) if !require_answer => {
+            tracing::error!(endpoints = %joined, "cannot reach etcd at {joined}; the {component} keeps trying");
+            Ok(conn)
+        }
         Err(_) => Err(Error::backend_msg(
             component,
             NAME,
@@ -193,5 +244,9 @@ mod tests {
     fn splits_endpoints() {
         assert_eq!(endpoints(""), [DEFAULT_ADDRESS]);
         assert_eq!(endpoints(" a:1, ,b:2 "), ["a:1", "b:2"]);
+        assert_eq!(
+            endpoints("HTTPS://a:1,Http://b:2"),
+            ["https://a:1", "http://b:2"]
+        );
     }
 }

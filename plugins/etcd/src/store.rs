@@ -19,7 +19,7 @@ use micro_core::store::{Namespace, Query, Record, Store, validate_key};
 use micro_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{Conn, NAME};
+use crate::{Conn, EtcdTls, NAME};
 
 /// Where the store keys live.
 pub const PREFIX: &str = "/micro/store/";
@@ -46,10 +46,16 @@ struct Envelope {
 
 impl EtcdStore {
     /// Connects to etcd at `address` (endpoints comma-separated), failing with an error naming
-    /// them when etcd does not answer.
+    /// them when etcd does not answer. `https://` endpoints are verified against the system's
+    /// roots; see [`connect_tls`](Self::connect_tls).
     pub async fn connect(address: &str) -> Result<Self> {
+        Self::connect_tls(address, &EtcdTls::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), dialing `https://` endpoints with `tls`.
+    pub async fn connect_tls(address: &str, tls: &EtcdTls) -> Result<Self> {
         Ok(EtcdStore {
-            conn: crate::connect(COMPONENT, address).await?,
+            conn: crate::connect(COMPONENT, address, tls).await?,
         })
     }
 

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::NAME;
 use crate::headers::short;
 use crate::options::RabbitOptions;
+use crate::tls::is_amqps;
 
 /// First pause between reconnection attempts; doubles up to [`MAX_BACKOFF`].
 pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -262,12 +263,47 @@ impl Connector {
         self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// A new connection with the exchanges (and dead-letter queue) declared.
+    /// A new connection with the exchanges (and dead-letter queue) declared. Over TLS
+    /// (`amqps://`) the certificate files are read again, so rotated ones are used.
     async fn open(&self) -> Result<Arc<Link>> {
         let properties = ConnectionProperties::default().with_connection_name("micro".into());
-        let connection = Connection::connect(&self.options.address, properties)
+        let connection = if is_amqps(&self.options.address) {
+            let tls = &self.options.tls;
+            let config = crate::tls::lapin(tls).map_err(|e| {
+                Error::Option(format!("{NAME} broker: TLS to {}: {e}", self.address))
+            })?;
+            let runtime = lapin::runtime::default_runtime()
+                .map_err(|err| self.error("start lapin's runtime", err))?;
+            match Connection::connect_with_config(
+                &self.options.address,
+                properties,
+                config,
+                runtime,
+            )
             .await
-            .map_err(|err| self.error("connect", err))?;
+            {
+                Ok(connection) => connection,
+                Err(err) => {
+                    let why = match crate::tls::explain(tls, &err) {
+                        Some(why) => Some(why),
+                        None => crate::tls::diagnose(tls, &self.options.address).await,
+                    };
+                    return Err(match why {
+                        Some(why) => Error::backend(
+                            "broker",
+                            NAME,
+                            format!("cannot connect to {} over TLS: {why}", self.address),
+                            err,
+                        ),
+                        None => self.error("connect", err),
+                    });
+                }
+            }
+        } else {
+            Connection::connect(&self.options.address, properties)
+                .await
+                .map_err(|err| self.error("connect", err))?
+        };
         let connection = Arc::new(connection);
         let publisher = self.publisher(&connection).await?;
         Ok(Arc::new(Link {

@@ -1,6 +1,6 @@
 //! # micro-rabbitmq
 //!
-//! A [`Broker`](micro_core::Broker) on RabbitMQ (AMQP 0-9-1, through lapin), installed under the
+//! A [`Broker`] on RabbitMQ (AMQP 0-9-1, through lapin), installed under the
 //! name `rabbitmq`. Topics are routing keys on a durable topic exchange (`micro` by default);
 //! subscribers without a queue name get an exclusive auto-delete queue and see every message;
 //! subscribers naming a queue share a durable queue of that name, each message going to one of
@@ -35,12 +35,14 @@ mod connection;
 mod headers;
 mod options;
 mod subscriber;
+mod tls;
 
 pub use broker::RabbitBroker;
 pub use options::{
     DEFAULT_ADDRESS, DEFAULT_DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PREFETCH, DEFAULT_PUBLISH_TIMEOUT, RabbitOptions,
 };
+pub use tls::RabbitTls;
 
 use std::sync::Arc;
 
@@ -51,14 +53,17 @@ use micro_core::catalog::Catalog;
 pub const NAME: &str = "rabbitmq";
 
 /// Installs the RabbitMQ broker under the name `rabbitmq`. Its address is `--broker-address` (an
-/// `amqp://` URL, [`DEFAULT_ADDRESS`] when unset); everything else takes its default. Each
-/// lookup through the catalog opens a new connection.
+/// `amqp://` URL, [`DEFAULT_ADDRESS`] when unset); an `amqps://` one connects over TLS with the
+/// process's client TLS options ([`RabbitTls::from_options`]: `--client-tls-ca`,
+/// `--client-tls-cert`, `--client-tls-key`); everything else takes its default. Each lookup
+/// through the catalog opens a new connection.
 pub fn install(catalog: &mut Catalog) {
     catalog.add_broker(NAME, |options| async move {
+        let tls = RabbitTls::from_options(&options.options);
         let address = options
             .address
             .unwrap_or_else(|| DEFAULT_ADDRESS.to_string());
-        let broker = RabbitBroker::connect(RabbitOptions::new(address)).await?;
+        let broker = RabbitBroker::connect(RabbitOptions::new(address).with_tls(tls)).await?;
         Ok(Arc::new(broker) as Arc<dyn Broker>)
     });
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::tls::RabbitTls;
+
 /// The address used when none is given: a local RabbitMQ with the default account and vhost.
 pub const DEFAULT_ADDRESS: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The topic exchange messages are published to unless configured otherwise.
@@ -54,6 +56,9 @@ pub struct RabbitOptions {
     /// back). When false (the default, go-micro's semantics) it succeeds and the message, which
     /// no one subscribed to, is discarded.
     pub require_route: bool,
+    /// The client TLS of an `amqps://` address: the CA to verify RabbitMQ with (the system's
+    /// roots by default) and the client certificate to present. Ignored for `amqp://`.
+    pub tls: RabbitTls,
 }
 
 impl std::fmt::Debug for RabbitOptions {
@@ -67,6 +72,7 @@ impl std::fmt::Debug for RabbitOptions {
             .field("prefetch", &self.prefetch)
             .field("publish_timeout", &self.publish_timeout)
             .field("require_route", &self.require_route)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -89,6 +95,7 @@ impl RabbitOptions {
             prefetch: DEFAULT_PREFETCH,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             require_route: false,
+            tls: RabbitTls::default(),
         }
     }
 
@@ -132,6 +139,13 @@ impl RabbitOptions {
     /// Makes a publish that no queue is bound for an error.
     pub fn with_require_route(mut self, require: bool) -> Self {
         self.require_route = require;
+        self
+    }
+
+    /// Connects to an `amqps://` address with `tls` (CA and client certificate); see
+    /// [`RabbitTls::from_options`] for the process's `--client-tls-*` options.
+    pub fn with_tls(mut self, tls: RabbitTls) -> Self {
+        self.tls = tls;
         self
     }
 

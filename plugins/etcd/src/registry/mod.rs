@@ -14,7 +14,7 @@ use etcd_client::{GetOptions, KeyValue};
 use micro_core::registry::{Registry, Service, Watcher, merge_nodes};
 use micro_core::{Error, Result};
 
-use crate::{Conn, NAME};
+use crate::{Conn, EtcdTls, NAME};
 use lease::Leases;
 
 /// Where the registry keys live (go-micro's prefix).
@@ -39,17 +39,29 @@ impl std::fmt::Debug for EtcdRegistry {
 
 impl EtcdRegistry {
     /// Connects to etcd at `address` (endpoints comma-separated), failing with an error naming
-    /// them when etcd does not answer.
+    /// them when etcd does not answer. `https://` endpoints are verified against the system's
+    /// roots; see [`connect_tls`](Self::connect_tls).
     pub async fn connect(address: &str) -> Result<Self> {
-        Ok(Self::on(crate::connect(COMPONENT, address).await?))
+        Self::connect_tls(address, &EtcdTls::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), dialing `https://` endpoints with `tls`.
+    pub async fn connect_tls(address: &str, tls: &EtcdTls) -> Result<Self> {
+        Ok(Self::on(crate::connect(COMPONENT, address, tls).await?))
     }
 
     /// Like [`connect`](Self::connect), but an etcd that does not answer yet is logged as an
     /// error naming the endpoints instead of failing: registrations fail (naming them) until it
-    /// answers, and a server's registration loop keeps trying. What the catalog uses.
+    /// answers, and a server's registration loop keeps trying.
     pub async fn connect_tolerant(address: &str) -> Result<Self> {
+        Self::connect_tolerant_tls(address, &EtcdTls::default()).await
+    }
+
+    /// [`connect_tolerant`](Self::connect_tolerant) dialing `https://` endpoints with `tls`:
+    /// what the catalog uses. A certificate that does not verify is an error all the same.
+    pub async fn connect_tolerant_tls(address: &str, tls: &EtcdTls) -> Result<Self> {
         Ok(Self::on(
-            crate::connect_checked(COMPONENT, address, false).await?,
+            crate::connect_checked(COMPONENT, address, tls, false).await?,
         ))
     }
 
