@@ -127,15 +127,22 @@ impl Error {
 /// alone ("transport error") hides what failed (a refused connection, a certificate that does
 /// not verify).
 pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
+    append_causes(error.to_string(), error.source())
+}
+
+/// `text` followed by `cause` and every cause under it, as [`with_causes`] writes them: for
+/// errors whose own text is not their `Display` (a gRPC status's message).
+pub fn append_causes(
+    mut text: String,
+    mut cause: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(error) = cause {
+        let message = error.to_string();
         if !text.contains(&message) {
             text.push_str(": ");
             text.push_str(&message);
         }
-        source = cause.source();
+        cause = error.source();
     }
     text
 }

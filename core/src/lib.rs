@@ -54,7 +54,7 @@ pub use broker::Broker;
 pub use catalog::Catalog;
 pub use client::Client;
 pub use config::Config;
-pub use error::{BoxError, Error, Result, with_causes};
+pub use error::{BoxError, Error, Result, append_causes, with_causes};
 pub use events::Events;
 pub use options::Options;
 pub use registry::Registry;

@@ -264,17 +264,10 @@ impl Registry for RemoteRegistry {
 /// The status's message and every cause under it (a transport error's message alone hides
 /// what failed: a refused connection, a certificate that does not verify).
 fn status_text(status: &tonic::Status) -> String {
-    let mut text = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
+    micro_core::append_causes(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    )
 }
 
 fn services(wire: Vec<pb::Service>) -> Vec<Service> {
