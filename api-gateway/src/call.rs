@@ -204,8 +204,14 @@ pub(crate) fn transcode(
     )?)
 }
 
+/// The request header naming the version to call, as go-micro routed by header.
+const VERSION_HEADER: &str = "Micro-Version";
+
 /// Everything a call needs but its message: end-to-end headers forwarded as metadata, the auth
-/// decision (401/403 here, before anything is sent or upgraded), a request id, the deadline.
+/// decision (401/403 here, before anything is sent or upgraded), a request id, the deadline,
+/// and the channel: to the nodes of the version named by a `Micro-Version` header when there is
+/// one (a canary called on purpose; a version no node has is `503` naming those that exist),
+/// else to every node of the service.
 pub(crate) async fn prepare(
     state: &GatewayState,
     method: MethodDescriptor,
@@ -213,6 +219,20 @@ pub(crate) async fn prepare(
     headers: &HeaderMap,
     labels: &Labels,
 ) -> Result<Prepared, ApiError> {
+    let channel = match headers.get(VERSION_HEADER) {
+        None => schema.channel.clone(),
+        Some(value) => {
+            let version = value.to_str().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "header {VERSION_HEADER} is not a version: it has bytes other than visible \
+                     ASCII (give one such as v2 or 1.2.0)"
+                ))
+            })?;
+            let filter = micro_core::client::Filter::try_version(version)
+                .map_err(|e| ApiError::bad_request(format!("header {VERSION_HEADER}: {e}")))?;
+            schema.versioned(version, filter)
+        }
+    };
     let mut metadata = MetadataMap::new();
     forward_metadata(headers, &mut metadata);
     if let Some(auth) = &state.auth {
@@ -223,7 +243,9 @@ pub(crate) async fn prepare(
         // One id per call, logged by the gateway and by the service that handles it.
         let id = format!("{:016x}", fastrand::u64(..));
         tracing::Span::current().record("request_id", id.as_str());
-        if let Ok(value) = id.parse() {
+        if let Ok(mut value) = id.parse::<tonic::metadata::MetadataValue<_>>() {
+            // New on every call: kept out of HTTP/2's header compression table (as traceparent).
+            value.set_sensitive(true);
             metadata.insert("x-request-id", value);
         }
     }
@@ -231,7 +253,7 @@ pub(crate) async fn prepare(
         .map_or(state.options.timeout, |t| t.min(state.options.timeout));
     Ok(Prepared {
         method,
-        channel: schema.channel.clone(),
+        channel,
         metadata,
         timeout,
         deadline: tokio::time::Instant::now() + timeout,
@@ -242,10 +264,12 @@ pub(crate) async fn prepare(
 async fn unary(mut prepared: Prepared, message: DynamicMessage) -> Result<Response, ApiError> {
     let mut grpc = prepared.grpc().await?;
     let (path, codec) = (prepared.path(), prepared.codec());
+    // The service's own descriptors decode details of its own types.
+    let pool = prepared.method.parent_pool().clone();
     let reply = grpc
         .unary(prepared.request(message), path, codec)
         .await
-        .map_err(|status| ApiError::from_status(&status))?;
+        .map_err(|status| ApiError::from_service_status(&status, Some(&pool)))?;
     let body = reply_json(reply.get_ref())?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -40,8 +40,12 @@ pub(crate) async fn dispatch(
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    // In flight until this request is answered (a stream's body is counted by its own record).
+    let _in_flight = state.metrics.in_flight();
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), service = tracing::field::Empty, endpoint = tracing::field::Empty, request_id = tracing::field::Empty);
+    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), service = tracing::field::Empty, endpoint = tracing::field::Empty, request_id = tracing::field::Empty, trace_id = tracing::field::Empty, otel.kind = "server");
+    // The client's `traceparent` (W3C) continued, or a new trace; the call's span goes on in it.
+    micro_core::trace::continue_trace(&span, request.headers());
     let answer = async {
         if let Err(refused) = admit(&state, peer, &request) {
             return (Labels::default(), Err(refused));
@@ -149,6 +153,10 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
             json(
                 serde_json::json!({ "status": "serving", "registry": { "plugin": state.registry.name(), "reachable": reachable } }),
             )
+        }
+        Target::Ready => {
+            only(Method::GET, "GET")?;
+            crate::ready::ready(&*state.registry, &state.options.require).await
         }
         Target::Metrics => {
             only(Method::GET, "GET")?;

@@ -1,5 +1,7 @@
 //! The one JSON error shape of the gateway, `{"code", "message", "details"}`, and the standard
-//! gRPC → HTTP status mapping.
+//! gRPC → HTTP status mapping. A service's `google.rpc.Status` details become `details`, each
+//! as proto3 JSON with its `@type` (see [`micro_core::status::details_json`]); a `RetryInfo`
+//! among them becomes `Retry-After`.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -18,6 +20,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Methods allowed, sent as `Allow` (405).
     pub allow: Option<&'static str>,
+    /// The service's error details, as proto3 JSON objects with `@type`.
+    pub details: Vec<serde_json::Value>,
 }
 
 impl ApiError {
@@ -29,6 +33,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             allow: None,
+            details: Vec::new(),
         }
     }
 
@@ -54,9 +59,23 @@ impl ApiError {
         }
     }
 
-    /// An error from a called service: its status mapped onto HTTP.
+    /// An error from a called service: its status mapped onto HTTP, with its standard
+    /// (`google.rpc`) details.
     pub fn from_status(status: &tonic::Status) -> Self {
-        Self::new(http_status(status.code()), status.code(), status.message())
+        Self::from_service_status(status, None)
+    }
+
+    /// An error from a called service whose descriptors are `pool`: details of the service's own
+    /// types are decoded too. A `RetryInfo` sets `Retry-After` (whole seconds, rounded up).
+    pub fn from_service_status(
+        status: &tonic::Status,
+        pool: Option<&prost_reflect::DescriptorPool>,
+    ) -> Self {
+        let mut error = Self::new(http_status(status.code()), status.code(), status.message());
+        error.details = micro_core::status::details_json(status, pool);
+        error.retry_after = micro_core::status::retry_delay(status)
+            .map(|delay| delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
+        error
     }
 }
 
@@ -98,8 +117,7 @@ pub fn http_status(code: Code) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            serde_json::json!({ "code": self.code as i32, "message": self.message, "details": [] });
+        let body = serde_json::json!({ "code": self.code as i32, "message": self.message, "details": self.details });
         let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
@@ -147,5 +165,24 @@ mod tests {
         for (code, http) in table {
             assert_eq!(http_status(code).as_u16(), http, "{code:?}");
         }
+    }
+
+    #[test]
+    fn details_go_to_the_body_and_retry_info_to_retry_after() {
+        let status: tonic::Status = micro_core::status::resource_exhausted("slow down")
+            .retry_after(std::time::Duration::from_millis(2100))
+            .field_violation("name", "too long")
+            .into();
+        let error = ApiError::from_status(&status);
+        assert_eq!(error.retry_after, Some(3), "rounded up");
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let plain = ApiError::from_status(&tonic::Status::not_found("gone"));
+        assert!(plain.details.is_empty() && plain.retry_after.is_none());
+        let exact: tonic::Status = micro_core::status::unavailable("later")
+            .retry_after(std::time::Duration::from_secs(2))
+            .into();
+        assert_eq!(ApiError::from_status(&exact).retry_after, Some(2));
     }
 }

@@ -36,6 +36,7 @@ mod mcp;
 mod metrics;
 mod openapi;
 mod options;
+mod ready;
 mod registry_server;
 mod request;
 mod route;

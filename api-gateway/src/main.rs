@@ -9,7 +9,7 @@ use micro_gateway::{Gateway, GatewayAuth, GatewayOptions};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    micro_core::logging::init();
+    let _telemetry = micro_core::logging::init_service("micro-gateway");
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -46,6 +46,10 @@ async fn run() -> micro_core::Result<()> {
         );
         gateway = gateway.with_auth(GatewayAuth::new(auth, rules, options.auth_cookie.clone()));
     }
+    // CPU profiles on --debug-address and metrics on --metrics-address (each off unless set;
+    // /metrics on the gateway's own address is always there), served until the process exits.
+    let _debug = micro_core::debug::serve(&options.service).await?;
+    let _metrics = micro_core::metrics::serve(&options.service).await?;
     let running = gateway.start().await?;
     println!(
         "micro-gateway listening on {} (registry {registry_name}, served on {})",

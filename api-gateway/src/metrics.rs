@@ -1,10 +1,16 @@
 //! Request counts and latency in Prometheus text format; streamed calls are also counted when
-//! they end, by gRPC code, with the messages they carried.
+//! they end, by gRPC code, with the messages they carried; requests in flight. The page ends
+//! with the process's core metrics (`micro_core::metrics::render`): the gateway's calls to each
+//! node (`micro_client_*`: upstream latency by node, ejections, retries, fallbacks).
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use micro_core::grpc::code_name;
+use micro_core::metrics::escape_label as escape;
 
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -26,6 +32,17 @@ struct Endpoint {
 pub(crate) struct Metrics {
     services: Mutex<HashMap<String, HashMap<String, Endpoint>>>,
     streams: Mutex<HashMap<(String, String), Streams>>,
+    /// Requests being answered (see [`Metrics::in_flight`]).
+    in_flight: AtomicI64,
+}
+
+/// One request in flight: counted from [`Metrics::in_flight`] until dropped.
+pub(crate) struct InFlight(Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One endpoint's streamed calls: how they ended (by gRPC code) and the messages they carried.
@@ -37,6 +54,12 @@ struct Streams {
 }
 
 impl Metrics {
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub(crate) fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
     /// Records one request.
     pub(crate) fn record(&self, service: &str, endpoint: &str, status: u16, elapsed: Duration) {
         let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,6 +166,12 @@ impl Metrics {
         }
         drop(services);
         self.render_streams(&mut out);
+        let _ = writeln!(
+            out,
+            "# HELP micro_gateway_requests_in_flight HTTP requests being answered.\n# TYPE micro_gateway_requests_in_flight gauge\nmicro_gateway_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        out.push_str(&micro_core::metrics::render());
         out
     }
 
@@ -219,37 +248,6 @@ impl Drop for StreamRecord {
     }
 }
 
-/// The canonical name of a gRPC code (`OK`, `INVALID_ARGUMENT`), as gRPC's own metrics label it.
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,11 +265,34 @@ mod tests {
         metrics.record("greeter", "Greeter.SayHello", 400, Duration::from_millis(1));
         let text = metrics.render();
         assert!(text.contains("micro_gateway_requests_total{service=\"greeter\",endpoint=\"Greeter.SayHello\",status=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("# TYPE micro_client_calls_total counter"),
+            "core's metrics appended: {text}"
+        );
         assert!(text.contains("status=\"400\"} 1"), "{text}");
         assert!(text.contains("le=\"0.005\"} 2"), "{text}");
         assert!(
             text.contains("_count{service=\"greeter\",endpoint=\"Greeter.SayHello\"} 3"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn counts_requests_in_flight_until_their_guard_drops() {
+        let metrics = Arc::new(Metrics::default());
+        let first = metrics.in_flight();
+        let second = metrics.in_flight();
+        assert!(
+            metrics
+                .render()
+                .contains("\nmicro_gateway_requests_in_flight 2\n")
+        );
+        drop(first);
+        drop(second);
+        assert!(
+            metrics
+                .render()
+                .contains("\nmicro_gateway_requests_in_flight 0\n")
         );
     }
 

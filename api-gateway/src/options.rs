@@ -72,6 +72,10 @@ pub struct GatewayFlags {
     /// The private key of --tls-cert (PEM) [default: none]
     #[arg(long, env = "MICRO_GATEWAY_TLS_KEY", value_name = "PATH")]
     pub tls_key: Option<String>,
+    /// Services that must have a live node for GET /health/ready to answer 200, comma-separated
+    /// (greeter,orders) [default: none]
+    #[arg(long, env = "MICRO_GATEWAY_REQUIRE", value_name = "SERVICES")]
+    pub require: Option<String>,
 }
 
 /// Resolved gateway options.
@@ -134,6 +138,10 @@ pub struct GatewayOptions {
     pub tls_cert: Option<std::path::PathBuf>,
     /// Private key (PEM) of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// Services that must have a live node for `/health/ready` (`greeter,orders`, or a list in
+    /// `micro.toml`).
+    #[serde(default, deserialize_with = "service_list")]
+    pub require: Vec<String>,
 }
 
 impl Default for GatewayOptions {
@@ -161,8 +169,32 @@ impl Default for GatewayOptions {
             max_streams: 100,
             tls_cert: None,
             tls_key: None,
+            require: Vec::new(),
         }
     }
+}
+
+/// Service names as `a,b` (flag, environment) or a list (`micro.toml`); blanks are dropped.
+fn service_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        List(Vec<String>),
+    }
+    let names = match Raw::deserialize(deserializer)? {
+        Raw::Text(text) => vec![text],
+        Raw::List(list) => list,
+    };
+    Ok(names
+        .iter()
+        .flat_map(|n| n.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 fn optional_number<'de, D: serde::Deserializer<'de>>(

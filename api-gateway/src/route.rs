@@ -1,4 +1,5 @@
-//! Path rules: `/{service}/{Service}/{Method}`, `/{service}/{Method}`, `/{service}`, `/rpc`.
+//! Path rules: `/{service}/{Service}/{Method}`, `/{service}/{Method}`, `/{service}`, `/rpc`,
+//! and the gateway's own pages (`/health`, `/health/ready`, `/metrics`, ...).
 //! Names match case-insensitively with `-` and `_` ignored (`/greeter/greeter/say-hello`).
 
 use crate::error::ApiError;
@@ -11,8 +12,10 @@ pub(crate) const MAX_PATH: usize = 2048;
 pub(crate) enum Target<'a> {
     /// `/`: the list of services.
     Index,
-    /// `/health`.
+    /// `/health`: liveness.
     Health,
+    /// `/health/ready`: readiness (the registry answers, required services have nodes).
+    Ready,
     /// `/metrics`.
     Metrics,
     /// `/rpc`: service and endpoint in the body.
@@ -84,6 +87,7 @@ pub(crate) fn parse(path: &str) -> Result<Target<'_>, ApiError> {
     }
     Ok(match segments.as_slice() {
         ["health"] => Target::Health,
+        ["health", "ready"] => Target::Ready,
         ["metrics"] => Target::Metrics,
         ["rpc"] => Target::Rpc,
         ["openapi.json"] => Target::OpenApi,
@@ -135,6 +139,8 @@ mod tests {
             }
         );
         assert_eq!(parse("/rpc").unwrap(), Target::Rpc);
+        assert_eq!(parse("/health").unwrap(), Target::Health);
+        assert_eq!(parse("/health/ready").unwrap(), Target::Ready);
     }
 
     #[test]

@@ -12,18 +12,45 @@ use futures::StreamExt;
 use prost_reflect::ServiceDescriptor;
 use tokio::sync::OnceCell;
 
+use micro_core::client::{Filter, ServiceChannel};
 use micro_core::{Client, Registry};
 
 use crate::error::ApiError;
 
 /// The routable gRPC services of one registered service.
 pub(crate) struct Schema {
+    /// The registered service's name.
+    name: String,
     /// Its gRPC services (reflection and health left out).
     pub(crate) services: Vec<ServiceDescriptor>,
     /// When the descriptors were fetched.
     pub(crate) fetched: Instant,
     /// The client channel to the service, made once rather than per request.
-    pub(crate) channel: micro_core::client::ServiceChannel,
+    pub(crate) channel: ServiceChannel,
+    /// The gateway's client, for channels to one version of the service.
+    client: Client,
+    /// Channels to one version (`Micro-Version`), made on first use and dropped with the schema
+    /// on any registry change to the service.
+    versions: Mutex<HashMap<String, ServiceChannel>>,
+}
+
+/// At most this many versions of one service get a kept channel: versions come from requests,
+/// and one asking for a new version each time must not grow the gateway.
+const MAX_VERSION_CHANNELS: usize = 16;
+
+impl Schema {
+    /// The channel to the nodes of `version` (which `filter` selects), made once per version.
+    pub(crate) fn versioned(&self, version: &str, filter: Filter) -> ServiceChannel {
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = versions.get(version) {
+            return channel.clone();
+        }
+        let channel = self.client.channel_with(&self.name, filter);
+        if versions.len() < MAX_VERSION_CHANNELS {
+            versions.insert(version.to_string(), channel.clone());
+        }
+        channel
+    }
 }
 
 type Entry = Arc<OnceCell<Arc<Schema>>>;
@@ -153,6 +180,9 @@ impl Schemas {
         tracing::info!(%service, grpc_services = ?names, "descriptors fetched by reflection");
         Ok(Arc::new(Schema {
             channel: self.client.channel(service),
+            name: service.to_string(),
+            client: self.client.clone(),
+            versions: Mutex::default(),
             services,
             fetched: Instant::now(),
         }))

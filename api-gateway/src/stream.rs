@@ -90,9 +90,9 @@ impl Format {
     }
 }
 
-/// The gateway's error shape, `{"code","message","details":[]}`, as a JSON value.
+/// The gateway's error shape, `{"code","message","details"}`, as a JSON value.
 pub(crate) fn error_body(error: &ApiError) -> serde_json::Value {
-    serde_json::json!({ "code": error.code as i32, "message": error.message, "details": [] })
+    serde_json::json!({ "code": error.code as i32, "message": error.message, "details": error.details })
 }
 
 /// The error of a stream that outlived its deadline.
@@ -119,18 +119,19 @@ pub(crate) async fn respond(
     let mut record = state.metrics.stream(&labels.service, &labels.endpoint);
     record.messages(1, 0);
     let (deadline, timeout) = (prepared.deadline, prepared.timeout);
+    // Errors before the first reply are plain responses: details of the service's own types
+    // are decoded with its descriptors, as for unary calls.
+    let pool = prepared.method.parent_pool().clone();
+    let failed = |status: tonic::Status| ApiError::from_service_status(&status, Some(&pool));
     let opened = async {
         let mut grpc = prepared.grpc().await?;
         let (path, codec) = (prepared.path(), prepared.codec());
         let mut replies = grpc
             .server_streaming(prepared.request(message), path, codec)
             .await
-            .map_err(|status| ApiError::from_status(&status))?
+            .map_err(failed)?
             .into_inner();
-        let first = replies
-            .message()
-            .await
-            .map_err(|status| ApiError::from_status(&status))?;
+        let first = replies.message().await.map_err(failed)?;
         Ok::<_, ApiError>((replies, first))
     };
     let (replies, first) = match tokio::time::timeout_at(deadline, opened).await {

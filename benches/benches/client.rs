@@ -1,12 +1,19 @@
-//! # Bench `client`: what discovery and load balancing cost per call (issue 3)
+//! # Bench `client`: what discovery, balancing and the client's defences cost per call (issues 3, 13)
 //!
 //! Starts the greeter in-process on `127.0.0.1:0`, registered in a `MemoryRegistry`, then calls
 //! `SayHello` with the same load two ways, interleaved (a, b, a, b) to cancel drift:
 //!
-//! - **(a)** `micro_core::Client` (registry resolution from its cache, round-robin pick, the
-//!   per-call timeout and retry bookkeeping) wrapped with a no-op tower layer
-//!   (`tower::layer::util::Identity`), through `GreeterClient::new(client.channel("greeter"))`;
+//! - **(a)** `micro_core::Client` with everything it does by default — registry resolution from
+//!   its cache, round-robin pick, the per-call timeout, the breaker (outlier ejection), the retry
+//!   budget, the client metrics, the caller's trace context injected as `traceparent` — wrapped
+//!   with a no-op tower layer (`tower::layer::util::Identity`), through
+//!   `GreeterClient::new(client.channel("greeter"))`;
 //! - **(b)** a plain `tonic::transport::Channel` to the same address (the baseline).
+//!
+//! The process installs micro's log and trace subscriber as every binary does
+//! (`logging::init_service`: the OpenTelemetry layer, no exporter) and each call is made inside
+//! a `caller` span on both sides, as a handler calling another service would: (a) pays for
+//! carrying the trace on, (b) does not carry it.
 //!
 //! Prints calls/s, p50 and p99 for each and the throughput ratio a/b (target ≥ 0.95: discovery
 //! costs at most 5%). Both use one HTTP/2 connection (TCP_NODELAY) shared by all callers.
@@ -33,13 +40,16 @@ use micro_testkit::greeter::v1::greeter_server::GreeterServer;
 use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tower::layer::util::Identity;
+use tracing::Instrument;
 
 /// Calls through the micro client (discovery, balancing, a no-op layer).
 struct ThroughMicro(GreeterClient<ServiceChannel>);
 
 impl Caller for ThroughMicro {
     async fn call(&mut self) -> Result<(), String> {
-        say_hello(&mut self.0).await
+        say_hello(&mut self.0)
+            .instrument(tracing::info_span!("caller"))
+            .await
     }
 }
 
@@ -48,12 +58,16 @@ struct ThroughTonic(GreeterClient<Channel>);
 
 impl Caller for ThroughTonic {
     async fn call(&mut self) -> Result<(), String> {
-        say_hello(&mut self.0).await
+        say_hello(&mut self.0)
+            .instrument(tracing::info_span!("caller"))
+            .await
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    // As a binary would: logs (warnings only here) and trace context, nothing exported.
+    let _telemetry = micro_core::logging::init_service_with_default("bench-client", "warn");
     let (options, registry, server) = common::start_greeter().await?;
     let address = server.address();
 
@@ -110,7 +124,7 @@ async fn compare(
         println!(
             "{}",
             stats.line(&format!(
-                "round {round} (a{mark}) micro Client + no-op layer"
+                "round {round} (a{mark}) micro Client (defaults) + no-op layer"
             ))
         );
         a.merge(&stats);
@@ -128,7 +142,9 @@ async fn compare(
     }
     println!(
         "{}",
-        a.line(&format!("all (a{mark}) micro Client + no-op layer"))
+        a.line(&format!(
+            "all (a{mark}) micro Client (defaults) + no-op layer"
+        ))
     );
     println!("{}", b.line(&format!("all (b{mark}) plain tonic Channel")));
     let ratio = a.rate() / b.rate();

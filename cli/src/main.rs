@@ -128,7 +128,7 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    micro_core::logging::init_with_default("warn");
+    let _telemetry = micro_core::logging::init_service_with_default("micro", "warn");
     match run(cli, &command, &matches).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -186,10 +186,12 @@ async fn run(
     }
 }
 
-/// A client over the registry the options name.
+/// A client over the registry the options name. Without the breaker: a command makes one call
+/// and exits, so ejecting a node and probing it would help no later call (and its log line
+/// would muddle the command's one-line answer).
 async fn client(options: &Options) -> Result<Client, CliError> {
     let registry = catalog().registry(options).await?;
-    Ok(Client::new(options, registry))
+    Ok(Client::new(options, registry).breaker(micro_core::client::BreakerConfig::off()))
 }
 
 /// Every plugin `micro` can pick by name.

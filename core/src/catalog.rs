@@ -60,7 +60,7 @@ impl std::fmt::Debug for Catalog {
 }
 
 macro_rules! component {
-    ($add:ident, $build:ident, $named:ident, $names:ident, $field:ident, $trait:ident, $kind:literal, $opt:ident, $addr:ident) => {
+    ($add:ident, $build:ident, $named:ident, $names:ident, $field:ident, $trait:ident, $kind:literal, $opt:ident, $addr:ident, $wrap:expr) => {
         #[doc = concat!("Installs a ", $kind, " plugin under `name`.")]
         pub fn $add<F, Fut>(&mut self, name: &str, factory: F)
         where
@@ -82,7 +82,7 @@ macro_rules! component {
                 name: name.to_string(),
                 installed: self.$names().join(", "),
             })?;
-            factory(PluginOptions { address, options: options.clone() }).await
+            factory(PluginOptions { address, options: options.clone() }).await.map($wrap)
         }
 
         #[doc = concat!("Names of the installed ", $kind, " plugins.")]
@@ -107,7 +107,8 @@ impl Catalog {
         Registry,
         "registry",
         registry,
-        registry_address
+        registry_address,
+        std::convert::identity
     );
     component!(
         add_broker,
@@ -118,7 +119,8 @@ impl Catalog {
         Broker,
         "broker",
         broker,
-        broker_address
+        broker_address,
+        crate::broker::observed
     );
     component!(
         add_store,
@@ -129,7 +131,8 @@ impl Catalog {
         Store,
         "store",
         store,
-        store_address
+        store_address,
+        std::convert::identity
     );
     component!(
         add_config,
@@ -140,7 +143,8 @@ impl Catalog {
         Config,
         "config",
         config,
-        config_address
+        config_address,
+        std::convert::identity
     );
     component!(
         add_events,
@@ -151,7 +155,8 @@ impl Catalog {
         Events,
         "events",
         events,
-        events_address
+        events_address,
+        std::convert::identity
     );
 
     /// Installs an Auth plugin under `name` (its factory gets no address: `address` is `None`).

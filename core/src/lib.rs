@@ -34,15 +34,19 @@ pub mod broker;
 pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod debug;
 pub mod dynamic;
 pub mod events;
 pub mod grpc;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod registry;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod wrapper;
 
 #[cfg(feature = "conformance")]

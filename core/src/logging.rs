@@ -1,28 +1,194 @@
-//! Log output for binaries: one line per event on stderr, filtered by `RUST_LOG` (default
-//! `info`), coloured only when stderr is a terminal and `NO_COLOR` is not set — so a log written
-//! to a file or a pipe carries no escape codes.
+//! Log output and tracing for binaries.
+//!
+//! Logs: one line per event on stderr, filtered by `RUST_LOG` (default `info`), coloured only
+//! when stderr is a terminal and `NO_COLOR` is not set — so a log written to a file or a pipe
+//! carries no escape codes. Lines written inside a call carry its `trace_id`.
+//!
+//! Traces: micro's spans (`http`, `handle`, `deliver`, …) get W3C trace context (see
+//! [`crate::trace`]) whatever `RUST_LOG` says, so a process passes a trace on even when it logs
+//! nothing. With the `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, they are exported over
+//! OTLP/gRPC in batches (`OTEL_BSP_*`), as service `OTEL_SERVICE_NAME` (default: the name given
+//! to [`init_service`]), sampled as `OTEL_TRACES_SAMPLER` says (default: parent-based, always
+//! on). Without it nothing is exported and no exporter runs. `OTEL_SDK_DISABLED=true` leaves the
+//! OpenTelemetry layer out altogether: no trace context is carried or logged, and spans cost what
+//! they cost a plain `tracing` subscriber.
 
 use std::io::IsTerminal;
 
-/// Installs the process's log subscriber, unless one is installed already. Every binary of
-/// micro (the gateway, the examples) calls it first.
-pub fn init() {
-    init_with_default("info");
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Installs the process's log subscriber and tracing for service `name`, unless a
+/// subscriber is installed already. Every binary of micro calls it first, in its tokio runtime,
+/// and keeps the returned guard until it exits: dropping it sends the spans not yet exported.
+pub fn init_service(name: &str) -> Telemetry {
+    init_service_with_default(name, "info")
 }
 
-/// As [`init`], with `level` when `RUST_LOG` is not set: a command-line tool such as `micro`
-/// shows warnings only, so its output is its answer.
-pub fn init_with_default(level: &str) {
+/// As [`init_service`], with `level` when `RUST_LOG` is not set.
+pub fn init_service_with_default(name: &str, level: &str) -> Telemetry {
+    install(name, level)
+}
+
+/// Held by a binary until it exits: dropping it exports the spans still batched and stops the
+/// exporter (a no-op when nothing is exported, or when another subscriber was installed first).
+#[must_use = "dropping the guard stops span export: keep it until the process exits"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("installed", &self.provider.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // Blocks until the batch is sent (bounded by OTEL_EXPORTER_OTLP_TIMEOUT); the tonic
+            // channel it is sent on is driven by the runtime's worker threads, not this one.
+            if let Err(e) = provider.shutdown() {
+                eprintln!("spans not exported at exit: {e}");
+            }
+        }
+    }
+}
+
+fn install(name: &str, level: &str) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
         ))
-        .try_init();
+        .with_filter(filter);
+    if sdk_disabled() {
+        // OpenTelemetry's own off switch: logs only, no trace context carried or logged.
+        let _ = tracing_subscriber::registry().with(fmt).try_init();
+        return Telemetry { provider: None };
+    }
+    let (exporter, problem) = match exporter() {
+        Ok(exporter) => (exporter, None),
+        Err(problem) => (None, Some(problem)),
+    };
+    let exporting = exporter.is_some();
+    let provider = provider(name, exporter);
+    // Spans only (events would become span events: a copy of every log line in every span),
+    // at info and above whatever RUST_LOG says, and none of the layer's optional extras
+    // (source location, thread, busy/idle timings, the thread-local OTel context): each is
+    // work on every call that only an exporter would see.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("micro"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() && *meta.level() <= tracing::Level::INFO
+        }));
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if let Some(problem) = problem {
+        tracing::warn!("spans are not exported: {problem}");
+    } else if exporting && installed {
+        tracing::debug!(service = %service_name(name), "exporting spans over OTLP");
+    }
+    Telemetry {
+        provider: installed.then_some(provider),
+    }
+}
+
+/// The tracer provider: ids, sampling (`OTEL_TRACES_SAMPLER`) and, when given, the exporter.
+fn provider(name: &str, exporter: Option<Exporter>) -> SdkTracerProvider {
+    let builder = SdkTracerProvider::builder().with_resource(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name(service_name(name))
+            .build(),
+    );
+    #[cfg(feature = "otlp")]
+    let builder = match exporter {
+        Some(exporter) => builder.with_batch_exporter(exporter),
+        None => builder,
+    };
+    #[cfg(not(feature = "otlp"))]
+    let _: Option<Exporter> = exporter;
+    builder.build()
+}
+
+/// `OTEL_SDK_DISABLED=true`: no OpenTelemetry layer at all.
+fn sdk_disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// `OTEL_SERVICE_NAME` when set, else `name`.
+fn service_name(name: &str) -> String {
+    std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| name.to_string())
+}
+
+#[cfg(feature = "otlp")]
+type Exporter = opentelemetry_otlp::SpanExporter;
+
+/// Without the `otlp` feature there is no exporter to build.
+#[cfg(not(feature = "otlp"))]
+type Exporter = std::convert::Infallible;
+
+/// The OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, or why
+/// it cannot be built.
+fn exporter() -> Result<Option<Exporter>, String> {
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|key| {
+        std::env::var(key)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (key, v))
+    });
+    let Some((key, value)) = endpoint else {
+        return Ok(None);
+    };
+    #[cfg(feature = "otlp")]
+    {
+        // The tonic channel is made (lazily) on the current runtime, which then drives it.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(format!(
+                "{key} is set but logging was set up outside a tokio runtime; call \
+                 micro_core::logging::init_service inside it"
+            ));
+        }
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "{key}={value} is not a usable OTLP/gRPC endpoint ({e}); set it to the \
+                     collector's address, e.g. http://localhost:4317"
+                )
+            })
+    }
+    #[cfg(not(feature = "otlp"))]
+    Err(format!(
+        "{key}={value} is set but this binary was built without micro-core's `otlp` feature; \
+         enable it to export spans"
+    ))
 }
 
 /// Colour on a terminal unless `NO_COLOR` is set to anything non-empty (<https://no-color.org>).

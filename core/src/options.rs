@@ -100,6 +100,14 @@ pub struct Options {
     /// Shared secret of the `remote` registry: the embedded registry refuses calls without it,
     /// and the `remote` plugin sends it.
     pub registry_token: Option<String>,
+    /// Where to serve Prometheus metrics (`/metrics`) over HTTP; off when unset.
+    pub metrics_address: Option<String>,
+    /// Where to serve CPU profiles (`/debug/pprof/profile`) over HTTP; off when unset. Loopback
+    /// only unless `debug-remote` is set.
+    pub debug_address: Option<String>,
+    /// Lets `debug-address` listen beyond loopback (profiles show code and timing).
+    #[serde(deserialize_with = "boolean")]
+    pub debug_remote: bool,
 }
 
 impl Default for Options {
@@ -134,6 +142,9 @@ impl Default for Options {
             client_tls_cert: None,
             client_tls_key: None,
             registry_token: None,
+            metrics_address: None,
+            debug_address: None,
+            debug_remote: false,
         }
     }
 }
@@ -240,6 +251,16 @@ pub struct ServiceFlags {
         hide_env_values = true
     )]
     pub registry_token: Option<String>,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics [default: off]
+    #[arg(long, env = "MICRO_METRICS_ADDRESS", value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
+    /// Serve CPU profiles at http://ADDRESS/debug/pprof/profile?seconds=N [default: off;
+    /// loopback only unless --debug-remote]
+    #[arg(long, env = "MICRO_DEBUG_ADDRESS", value_name = "HOST:PORT")]
+    pub debug_address: Option<String>,
+    /// Let --debug-address listen beyond loopback
+    #[arg(long, env = "MICRO_DEBUG_REMOTE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub debug_remote: Option<String>,
 }
 
 #[derive(Parser)]

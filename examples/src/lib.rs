@@ -73,7 +73,8 @@ pub mod orders {
 
 use greeter::v1::{HelloReply, HelloRequest, StreamRequest};
 
-/// The greeter's handler: SayHello replies `"<greeting> <name>"`; SayHelloStream replies
+/// The greeter's handler: SayHello replies `"<greeting> <name>"` (an empty or blank name is
+/// `INVALID_ARGUMENT` with a `BadRequest` field violation on `name`); SayHelloStream replies
 /// `"<greeting> <name> <i>"` `count` times, `interval_ms` apart; Chat replies
 /// `"<greeting> <name>"` to each request of the client's stream.
 #[derive(Clone, Debug)]
@@ -113,6 +114,14 @@ impl greeter::v1::greeter_server::Greeter for Greeter {
             tokio::time::sleep(self.delay).await;
         }
         let name = request.into_inner().name;
+        if name.trim().is_empty() {
+            // A rich error: the gateway shows the field violation in its error body's `details`.
+            return Err(
+                micro_core::status::invalid_argument("the name to greet is empty")
+                    .field_violation("name", "must not be empty or only whitespace")
+                    .into(),
+            );
+        }
         Ok(Response::new(HelloReply {
             message: format!("{} {name}", self.greeting),
         }))
@@ -237,7 +246,7 @@ pub async fn run_binary<E: std::fmt::Display>(
     name: &str,
     run: impl std::future::Future<Output = Result<(), E>>,
 ) -> std::process::ExitCode {
-    micro_core::logging::init();
+    let _telemetry = micro_core::logging::init_service(name);
     match run.await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -46,6 +46,7 @@ mod events;
 mod everything;
 mod fixture;
 mod http;
+pub mod otlp;
 mod pki;
 mod process;
 mod rabbit;

@@ -11,11 +11,13 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod deliver;
+mod observed;
 mod task;
 mod topic;
 mod typed;
 
 pub use deliver::{Failure, MAX_REASON_LEN, deliver};
+pub(crate) use observed::observed;
 pub use task::TaskSubscription;
 pub use topic::{MAX_TOPIC_LEN, validate_topic};
 pub(crate) use typed::decoding;

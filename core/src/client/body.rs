@@ -1,4 +1,5 @@
-//! A request body that can be handed to a second attempt if the first never took any of it.
+//! A request body that can be handed to a second attempt: from the start when the first took
+//! none of it, or replayed from a copy of what it took while that copy is small.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,63 +10,126 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
 use tonic::body::Body;
 
-/// Shares one body between attempts. Each attempt gets a [`SharedBody::reader`]; once a reader
-/// has taken a frame, the request may have reached a handler and is no longer retried.
+/// How much of a request is kept to replay it on another node (unary calls fit; a long client
+/// stream is not replayed). gRPC's own retry buffer is of this order (grpc-java: 256 KiB).
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Shares one body between attempts. Each attempt gets a [`SharedBody::reader`], which first
+/// yields the frames earlier attempts took, then takes the rest from the body.
 #[derive(Clone)]
 pub(super) struct SharedBody {
-    body: Arc<Mutex<Body>>,
+    state: Arc<Mutex<State>>,
     taken: Arc<AtomicBool>,
+}
+
+struct State {
+    body: Body,
+    /// The data frames taken so far, in order (emptied when it stops being `replayable`: no
+    /// reader is made after that).
+    frames: Vec<Bytes>,
+    /// Their total size.
+    size: usize,
+    /// Whether `frames` holds everything taken (nothing past the limit, no trailers).
+    replayable: bool,
 }
 
 impl SharedBody {
     pub(super) fn new(body: Body) -> Self {
         SharedBody {
-            body: Arc::new(Mutex::new(body)),
+            state: Arc::new(Mutex::new(State {
+                body,
+                frames: Vec::new(),
+                size: 0,
+                replayable: true,
+            })),
             taken: Arc::new(AtomicBool::new(false)),
         }
     }
 
     pub(super) fn reader(&self) -> Body {
-        Body::new(Reader(self.clone()))
+        Body::new(Reader {
+            shared: self.clone(),
+            next: 0,
+        })
     }
 
     /// Whether any attempt took part of the body.
     pub(super) fn taken(&self) -> bool {
         self.taken.load(Ordering::Acquire)
     }
+
+    /// Whether a new reader would send the whole request again.
+    pub(super) fn replayable(&self) -> bool {
+        self.state.lock().map(|s| s.replayable).unwrap_or(false)
+    }
 }
 
-struct Reader(SharedBody);
+struct Reader {
+    shared: SharedBody,
+    /// The index in `frames` of the next frame this reader replays.
+    next: usize,
+}
 
 impl HttpBody for Reader {
     type Data = Bytes;
     type Error = tonic::Status;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut body = self.0.body.lock().unwrap_or_else(|p| p.into_inner());
-        let polled = Pin::new(&mut *body).poll_frame(cx);
-        if let Poll::Ready(Some(_)) = &polled {
-            self.0.taken.store(true, Ordering::Release);
+        let shared = self.shared.clone();
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.next < state.frames.len() {
+            let frame = state.frames[self.next].clone();
+            self.next += 1;
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+        let polled = Pin::new(&mut state.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.shared.taken.store(true, Ordering::Release);
+            match frame.data_ref() {
+                Some(data) if state.replayable && state.size + data.len() <= REPLAY_LIMIT => {
+                    state.size += data.len();
+                    state.frames.push(data.clone());
+                }
+                _ => {
+                    state.replayable = false;
+                    state.frames.clear();
+                }
+            }
+            // This reader has seen every frame up to here, the one just taken included.
+            self.next = state.frames.len();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0
-            .body
+        self.shared
+            .state
             .lock()
-            .map(|b| b.is_end_stream())
+            .map(|s| self.next >= s.frames.len() && s.body.is_end_stream())
             .unwrap_or(false)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0
-            .body
+        self.shared
+            .state
             .lock()
-            .map(|b| b.size_hint())
+            .map(|s| {
+                let replay: usize = s.frames[self.next.min(s.frames.len())..]
+                    .iter()
+                    .map(Bytes::len)
+                    .sum();
+                let rest = s.body.size_hint();
+                let replay = replay as u64;
+                let mut hint = http_body::SizeHint::new();
+                hint.set_lower(rest.lower() + replay);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + replay);
+                }
+                hint
+            })
             .unwrap_or_default()
     }
 }

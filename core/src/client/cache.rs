@@ -12,6 +12,9 @@ use crate::registry::{Node, Registry};
 use crate::tls::{ClientTls, SECURE_METADATA};
 use crate::{Error, Result};
 
+/// The node metadata key the client files each node's registered service version under.
+pub(super) const VERSION_METADATA: &str = "version";
+
 /// A node and the channel to it (connecting lazily, reconnecting by itself).
 pub(super) struct Target {
     pub(super) node: Node,
@@ -22,6 +25,16 @@ pub(super) struct Target {
 pub(super) struct Resolved {
     pub(super) targets: Vec<Target>,
     pub(super) turn: AtomicUsize,
+}
+
+impl Resolved {
+    /// `targets`, starting the round-robin at a random node.
+    pub(super) fn new(targets: Vec<Target>) -> Self {
+        Resolved {
+            targets,
+            turn: AtomicUsize::new(fastrand::usize(..)),
+        }
+    }
 }
 
 /// Read on every call, written when a service's nodes change: a read-mostly lock.
@@ -39,7 +52,7 @@ impl Cache {
         }
     }
 
-    fn get(&self, service: &str) -> Option<Arc<Resolved>> {
+    pub(super) fn get(&self, service: &str) -> Option<Arc<Resolved>> {
         self.services
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -68,8 +81,7 @@ impl Cache {
                 Some(Target { node, channel })
             })
             .collect();
-        let turn = AtomicUsize::new(fastrand::usize(..));
-        services.insert(service.to_string(), Arc::new(Resolved { targets, turn }));
+        services.insert(service.to_string(), Arc::new(Resolved::new(targets)));
     }
 
     /// A lazy channel to `node`: TLS when it is registered as secure, plaintext otherwise.
@@ -128,8 +140,26 @@ async fn fetch(registry: &dyn Registry, service: &str) -> Result<Vec<Node>> {
         .get_service(service)
         .await?
         .into_iter()
-        .flat_map(|s| s.nodes)
+        .flat_map(|s| {
+            // Each node carries its registration's version, for filters (`Filter::version`).
+            let version = s.version;
+            s.nodes.into_iter().map(move |mut node| {
+                node.metadata
+                    .entry(VERSION_METADATA.to_string())
+                    .or_insert_with(|| version.clone());
+                node
+            })
+        })
         .collect();
+    // A node marked stopping drains its calls; new ones go elsewhere while there is elsewhere.
+    let stopping = |node: &Node| {
+        node.metadata
+            .get(crate::server::HEALTH_METADATA)
+            .is_some_and(|v| v == crate::server::NOT_SERVING)
+    };
+    if nodes.iter().any(|node| !stopping(node)) {
+        nodes.retain(|node| !stopping(node));
+    }
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(nodes)
 }

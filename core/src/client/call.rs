@@ -1,28 +1,52 @@
-//! One call: resolve, pick a node, send, retry on another node if nothing was taken.
+//! One call: resolve, pick a node that is not ejected, send, retry on another node when that
+//! is safe and the retry budget allows it.
+//!
+//! Which failures are retried (on another node, never the same one):
+//! - a connection that failed before any of the request was taken: it reached no handler;
+//! - an `UNAVAILABLE` status in the response headers of a trailers-only answer, when the whole
+//!   request could be replayed. gRPC's status code guide calls `UNAVAILABLE` "most likely a
+//!   transient condition, which can be corrected by retrying", and it is the code gRPC's retry
+//!   policies are set to retry: a server answers it to say "not here, not now" (draining,
+//!   shedding load, a dependency down) rather than after doing the work. A handler that has
+//!   side effects and answers `UNAVAILABLE` anyway breaks that convention.
+//!
+//! Never retried: a failure after part of the request was taken with no answer (it may have
+//! run), any other status (the handler decided), and the deadline (no time is left). Each
+//! retry takes a token from the client's [`RetryBudget`](super::RetryBudget), so retries add
+//! at most about a fifth to the calls made, whatever fails.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tonic::Code;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
 use super::Selector;
 use super::body::SharedBody;
+use super::breaker::{Breaker, BreakerConfig};
+use super::budget::{Budget, RetryBudget};
 use super::cache::{Cache, Resolved, Target, resolve};
+use super::fallback::Fallback;
+use super::filter::Filter;
 use crate::error::with_causes;
 use crate::grpc::grpc_timeout;
 use crate::registry::Registry;
 use crate::tls::ClientTls;
 use crate::{BoxError, Error};
 
-/// How long a node that refused a connection is passed over.
-const COOLDOWN: Duration = Duration::from_secs(5);
+/// The resilience settings of a client, kept when it is rebuilt with other options.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Resilience {
+    pub(super) breaker: BreakerConfig,
+    pub(super) budget: RetryBudget,
+    pub(super) fallbacks: Vec<Fallback>,
+}
 
 pub(super) struct Inner {
     pub(super) registry: Arc<dyn Registry>,
@@ -30,10 +54,9 @@ pub(super) struct Inner {
     pub(super) retries: u32,
     pub(super) selector: Selector,
     pub(super) cache: Arc<Cache>,
-    /// Addresses that failed lately, and until when they are passed over.
-    cooling: Mutex<HashMap<String, Instant>>,
-    /// Whether `cooling` may hold anything: lets the common call skip its lock.
-    any_cooling: AtomicBool,
+    pub(super) resilience: Resilience,
+    breaker: Arc<Breaker>,
+    budget: Budget,
 }
 
 impl Inner {
@@ -43,15 +66,18 @@ impl Inner {
         retries: u32,
         selector: Selector,
         tls: Arc<ClientTls>,
+        resilience: Resilience,
     ) -> Self {
+        let cache = Arc::new(Cache::new(tls));
         Inner {
             registry,
             timeout,
             retries,
             selector,
-            cache: Arc::new(Cache::new(tls)),
-            cooling: Mutex::default(),
-            any_cooling: AtomicBool::new(false),
+            breaker: Arc::new(Breaker::new(resilience.breaker, Arc::downgrade(&cache))),
+            budget: Budget::new(resilience.budget),
+            cache,
+            resilience,
         }
     }
 
@@ -62,42 +88,40 @@ impl Inner {
         }
     }
 
-    /// The next node: any, when nothing failed lately (no lock, no allocation); else one not
-    /// yet tried, preferring nodes that are not cooling down.
+    /// The next node: any, when none is ejected (no lock, no allocation); else one not yet
+    /// tried and not ejected. When every node is ejected, a first attempt goes to the one whose
+    /// last failure is the oldest (the service is never left without a node to try), and a
+    /// retry goes nowhere: ejected nodes take no retries.
     fn pick<'a>(&self, resolved: &'a Resolved, tried: &[String]) -> Option<&'a Target> {
         let targets = &resolved.targets;
         if targets.is_empty() {
             return None;
         }
-        if tried.is_empty() && !self.any_cooling.load(Ordering::Relaxed) {
+        if tried.is_empty() && !self.breaker.any_ejected() {
             return Some(&targets[self.index(resolved, targets.len())]);
         }
-        let now = Instant::now();
-        let mut cooling = self.cooling.lock().unwrap_or_else(|p| p.into_inner());
-        cooling.retain(|_, until| *until > now);
-        if cooling.is_empty() {
-            self.any_cooling.store(false, Ordering::Relaxed);
+        let ejected = self.breaker.ejected();
+        let healthy: Vec<&Target> = targets
+            .iter()
+            .filter(|t| !tried.contains(&t.node.address) && !ejected.contains_key(&t.node.address))
+            .collect();
+        if !healthy.is_empty() {
+            return Some(healthy[self.index(resolved, healthy.len())]);
         }
-        let untried: Vec<&Target> = targets
+        if !tried.is_empty() {
+            return None;
+        }
+        targets
             .iter()
-            .filter(|t| !tried.contains(&t.node.address))
-            .collect();
-        let warm: Vec<&Target> = untried
-            .iter()
-            .copied()
-            .filter(|t| !cooling.contains_key(&t.node.address))
-            .collect();
-        // Prefer nodes that have not failed lately, but try a cooling one over failing the call.
-        let candidates = if warm.is_empty() { untried } else { warm };
-        (!candidates.is_empty()).then(|| candidates[self.index(resolved, candidates.len())])
+            .min_by_key(|t| ejected.get(&t.node.address).copied())
     }
 
-    fn cool(&self, address: &str) {
-        self.cooling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(address.to_string(), Instant::now() + COOLDOWN);
-        self.any_cooling.store(true, Ordering::Relaxed);
+    /// The fallback answering for calls of `path` on `service`, if any.
+    fn fallback(&self, service: &str, path: &str) -> Option<&Fallback> {
+        self.resilience
+            .fallbacks
+            .iter()
+            .find(|f| f.covers(service, path))
     }
 }
 
@@ -108,15 +132,44 @@ pub(super) struct Balancer {
     service: Arc<str>,
     /// Only this node (its id or address), when pinned.
     node: Option<Arc<str>>,
+    /// Only the nodes this filter lets through.
+    filter: Option<Arc<Filter>>,
 }
 
 impl Balancer {
-    pub(super) fn new(inner: Arc<Inner>, service: &str, node: Option<&str>) -> Self {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        service: &str,
+        node: Option<&str>,
+        filter: Option<Arc<Filter>>,
+    ) -> Self {
         Balancer {
             inner,
             service: service.into(),
             node: node.map(Into::into),
+            filter,
         }
+    }
+}
+
+/// What one call needs to know through its attempts.
+struct Call<'a> {
+    inner: &'a Inner,
+    service: &'a str,
+    /// The gRPC path.
+    path: &'a str,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Call<'_> {
+    fn deadline_exceeded(&self) -> BoxError {
+        tonic::Status::deadline_exceeded(format!(
+            "call to `{}` timed out after {}",
+            self.service,
+            humantime::format_duration(self.timeout)
+        ))
+        .into()
     }
 }
 
@@ -129,57 +182,182 @@ impl Service<http::Request<Body>> for Balancer {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        crate::trace::inject(request.headers_mut());
         let (inner, service, node) = (self.inner.clone(), self.service.clone(), self.node.clone());
+        let filter = self.filter.clone();
         let timeout =
             grpc_timeout(request.headers()).map_or(inner.timeout, |t| t.min(inner.timeout));
-        let span =
-            tracing::debug_span!("call", service = %service, endpoint = %request.uri().path());
+        let deadline = Instant::now() + timeout;
+        let path = request.uri().path().to_string();
+        let span = tracing::debug_span!("call", service = %service, endpoint = %path);
         Box::pin(tracing::Instrument::instrument(
             async move {
-                let call = async {
-                    match &node {
-                        Some(node) => pinned(&inner, &service, node, request).await,
-                        None => attempts(&inner, &service, request).await,
-                    }
+                let call = Call {
+                    inner: &inner,
+                    service: &service,
+                    path: &path,
+                    deadline,
+                    timeout,
                 };
-                match tokio::time::timeout(timeout, call).await {
-                    Ok(result) => result,
-                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                        "call to `{service}` timed out after {}",
-                        humantime::format_duration(timeout)
-                    ))
-                    .into()),
+                let resolved =
+                    match tokio::time::timeout_at(deadline, resolved(&inner, &service, filter))
+                        .await
+                    {
+                        Ok(resolved) => resolved?,
+                        Err(_) => return Err(call.deadline_exceeded()),
+                    };
+                let fallback = inner.fallback(&service, &path);
+                if let Some(fallback) = fallback
+                    && node.is_none()
+                    && inner.breaker.open(&resolved.targets)
+                {
+                    tracing::debug!("every node is ejected; the fallback answers");
+                    crate::metrics::degraded(&service, &path);
+                    return Ok(fallback.response());
                 }
+                let result = match &node {
+                    Some(node) => pinned(&call, &resolved, node, request).await,
+                    None => attempts(&call, &resolved, request).await,
+                };
+                let Some(fallback) = fallback else {
+                    return result;
+                };
+                let code = match &result {
+                    Ok(response) => answered(response),
+                    Err(error) => error
+                        .downcast_ref::<tonic::Status>()
+                        .map_or(Code::Unknown, tonic::Status::code),
+                };
+                if code != Code::Ok && fallback.answers(code) {
+                    tracing::debug!(code = crate::grpc::code_name(code), "the fallback answers");
+                    crate::metrics::degraded(&service, &path);
+                    return Ok(fallback.response());
+                }
+                result
             },
             span,
         ))
     }
 }
 
-async fn attempts(
+/// The nodes of `service`, through `filter`.
+async fn resolved(
     inner: &Inner,
     service: &str,
-    request: http::Request<Body>,
-) -> Result<http::Response<Body>, BoxError> {
+    filter: Option<Arc<Filter>>,
+) -> Result<Arc<Resolved>, BoxError> {
     let resolved = resolve(&inner.cache, &inner.registry, service)
         .await
         .map_err(unavailable)?;
+    match filter {
+        // `UNAVAILABLE` naming the filter and the versions registered when no node passes.
+        Some(filter) => Ok(filter.select(service, resolved)?),
+        None => Ok(resolved),
+    }
+}
+
+/// The code in the headers of a trailers-only answer; `OK` when the status is yet to come.
+fn answered(response: &http::Response<Body>) -> Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from_i32)
+}
+
+/// How one attempt failed.
+enum Failed {
+    /// The deadline passed: the call's error, as it is.
+    Deadline(BoxError),
+    /// No answer from the node (a connection failure, a reset).
+    Transport(tonic::transport::Error),
+}
+
+/// Sends `request` to `target`, recording the attempt, and telling the breaker how the node
+/// did.
+async fn send(
+    call: &Call<'_>,
+    target: &Target,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, Failed> {
+    let (inner, service) = (call.inner, call.service);
+    let record = crate::metrics::client_call(service, call.path, &target.node.id);
+    let started = Instant::now();
+    let unresponsive = |record: crate::metrics::ClientCall| {
+        record.failed(Code::DeadlineExceeded);
+        if started.elapsed() >= inner.breaker.config.unresponsive_after {
+            inner
+                .breaker
+                .failed(service, target, "no response before the call's deadline");
+        }
+    };
+    match tokio::time::timeout_at(call.deadline, target.channel.clone().oneshot(request)).await {
+        Err(_) => {
+            unresponsive(record);
+            Err(Failed::Deadline(call.deadline_exceeded()))
+        }
+        Ok(Err(error)) => {
+            if let Some(late) = deadline_passed(&error, service) {
+                unresponsive(record);
+                return Err(Failed::Deadline(late));
+            }
+            record.failed(Code::Unavailable);
+            inner.breaker.failed(
+                service,
+                target,
+                &format!("connection failed: {}", with_causes(&error)),
+            );
+            Err(Failed::Transport(error))
+        }
+        Ok(Ok(response)) => {
+            if answered(&response) == Code::Unavailable {
+                inner
+                    .breaker
+                    .failed(service, target, "the node answered UNAVAILABLE");
+            } else {
+                inner.breaker.succeeded(service, target);
+            }
+            Ok(record.response(response))
+        }
+    }
+}
+
+async fn attempts(
+    call: &Call<'_>,
+    resolved: &Resolved,
+    request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    let (inner, service) = (call.inner, call.service);
+    inner.budget.deposit();
     if inner.retries == 0 || resolved.targets.len() < 2 {
         // No other node to retry on: send the request as it is, without the retry machinery.
         let target = inner
-            .pick(&resolved, &[])
+            .pick(resolved, &[])
             .ok_or_else(|| no_node(inner, service))?;
-        return send_once(inner, service, target, request).await;
+        return send(call, target, request)
+            .await
+            .map_err(|failed| node_failed(failed, service, target));
     }
     let (parts, body) = request.into_parts();
     let body = SharedBody::new(body);
     let mut tried: Vec<String> = Vec::new();
-    let mut last_error: Option<BoxError> = None;
+    // What the call ends with if no further attempt is made.
+    let mut last: Option<Result<http::Response<Body>, BoxError>> = None;
+    let mut budget_spent = false;
     for attempt in 0..=inner.retries {
-        let Some(target) = inner.pick(&resolved, &tried) else {
+        let Some(target) = inner.pick(resolved, &tried) else {
             break;
         };
+        if attempt > 0 {
+            if !inner.budget.withdraw() {
+                budget_spent = true;
+                tracing::debug!(%service, "retry budget spent; not retried");
+                break;
+            }
+            crate::metrics::retried(service);
+        }
         let mut request = http::Request::new(body.reader());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
@@ -187,74 +365,62 @@ async fn attempts(
         *request.headers_mut() = parts.headers.clone();
         *request.extensions_mut() = parts.extensions.clone();
         let (node, address) = (&target.node.id, &target.node.address);
-        match target.channel.clone().oneshot(request).await {
-            Ok(response) => return Ok(response),
-            Err(error) if !body.taken() => {
-                if let Some(late) = deadline_passed(&error, service) {
-                    return Err(late);
-                }
-                tracing::warn!(%service, %node, %address, attempt, error = %with_causes(&error), "node unreachable; trying another");
-                inner.cool(address);
-                tried.push(address.clone());
-                last_error = Some(with_causes(&error).into());
+        tried.push(address.clone());
+        match send(call, target, request).await {
+            Ok(response) if answered(&response) == Code::Unavailable && body.replayable() => {
+                tracing::debug!(%service, %node, %address, attempt, "node answered UNAVAILABLE; trying another");
+                last = Some(Ok(response));
             }
-            Err(error) => {
-                if let Some(late) = deadline_passed(&error, service) {
-                    return Err(late);
-                }
+            Ok(response) => return Ok(response),
+            Err(Failed::Deadline(error)) => return Err(error),
+            Err(Failed::Transport(error)) if !body.taken() => {
+                tracing::warn!(%service, %node, %address, attempt, error = %with_causes(&error), "node unreachable; trying another");
+                last = Some(Err(with_causes(&error).into()));
+            }
+            Err(Failed::Transport(error)) => {
                 // Part of the request was sent: it may have reached the handler, so it is not
-                // retried; the node is still passed over by the next calls.
-                inner.cool(address);
+                // retried; the breaker has ejected the node for the next calls.
                 return Err(tonic::Status::unavailable(format!("node {address} of `{service}` failed during the call (not retried: the request may have reached its handler): {}", with_causes(&error))).into());
             }
         }
     }
-    Err(match last_error {
-        Some(error) => tonic::Status::unavailable(format!(
-            "no node of `{service}` could be reached (tried {}): {error}",
+    let spent = if budget_spent {
+        "; the retry budget allowed no more retries"
+    } else {
+        ""
+    };
+    match last {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(error)) => Err(tonic::Status::unavailable(format!(
+            "no node of `{service}` could be reached (tried {}{spent}): {error}",
             tried.len()
         ))
-        .into(),
-        None => no_node(inner, service),
-    })
+        .into()),
+        None => Err(no_node(inner, service)),
+    }
 }
 
-/// Sends `request` to `target` alone; a failure cools the node, unless it was the deadline.
-async fn send_once(
-    inner: &Inner,
-    service: &str,
-    target: &Target,
-    request: http::Request<Body>,
-) -> Result<http::Response<Body>, BoxError> {
-    target
-        .channel
-        .clone()
-        .oneshot(request)
-        .await
-        .map_err(|error| {
-            if let Some(late) = deadline_passed(&error, service) {
-                return late;
-            }
-            inner.cool(&target.node.address);
-            tonic::Status::unavailable(format!(
-                "node {} of `{service}` failed: {}",
-                target.node.address,
-                with_causes(&error)
-            ))
-            .into()
-        })
+/// The caller's error for a failed attempt that is not retried.
+fn node_failed(failed: Failed, service: &str, target: &Target) -> BoxError {
+    match failed {
+        Failed::Deadline(error) => error,
+        Failed::Transport(error) => tonic::Status::unavailable(format!(
+            "node {} of `{service}` failed: {}",
+            target.node.address,
+            with_causes(&error)
+        ))
+        .into(),
+    }
 }
 
 /// A call to one chosen node: no balancing, no retry on another node.
 async fn pinned(
-    inner: &Inner,
-    service: &str,
+    call: &Call<'_>,
+    resolved: &Resolved,
     node: &str,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, BoxError> {
-    let resolved = resolve(&inner.cache, &inner.registry, service)
-        .await
-        .map_err(unavailable)?;
+    let service = call.service;
     let Some(target) = resolved
         .targets
         .iter()
@@ -275,12 +441,14 @@ async fn pinned(
         ))
         .into());
     };
-    send_once(inner, service, target, request).await
+    send(call, target, request)
+        .await
+        .map_err(|failed| node_failed(failed, service, target))
 }
 
 /// `DEADLINE_EXCEEDED` when `error` is the call's deadline expiring in the channel (tonic
-/// enforces `grpc-timeout` there): the node is not at fault, so it is neither cooled nor
-/// retried, and the caller learns it was the deadline rather than an unreachable node.
+/// enforces `grpc-timeout` there): never retried, and the caller learns it was the deadline
+/// rather than an unreachable node.
 fn deadline_passed(error: &tonic::transport::Error, service: &str) -> Option<BoxError> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {

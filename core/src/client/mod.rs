@@ -9,7 +9,12 @@
 //! client is dropped or the watch ends). Each call has a timeout (the client's, or the caller's
 //! `grpc-timeout` when shorter). A call is retried on another node only when it never reached a
 //! handler: the connection failed before any of the request was taken (go-micro retried calls
-//! that had already run, #2133).
+//! that had already run, #2133), or the node answered `UNAVAILABLE` before any reply (`call.rs`
+//! says why); a [`RetryBudget`] keeps retries to about a fifth of the calls.
+//!
+//! A node that fails is ejected from balancing and probed out of band with gRPC health checks
+//! until it answers `SERVING` ([`BreakerConfig`]); a [`Fallback`] can answer instead of a
+//! service whose nodes are all ejected, or instead of chosen error codes.
 //!
 //! A node registered with `secure=true` is dialled over TLS, verified against `client-tls-ca`
 //! (or the system's roots) and presenting `client-tls-cert` when set; one it cannot verify
@@ -17,8 +22,17 @@
 //! or unverified fallback.
 
 mod body;
+mod breaker;
+mod budget;
 mod cache;
 mod call;
+mod fallback;
+mod filter;
+
+pub use breaker::BreakerConfig;
+pub use budget::RetryBudget;
+pub use fallback::Fallback;
+pub use filter::Filter;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +111,7 @@ impl Client {
                 options.client_retries,
                 Selector::RoundRobin,
                 Arc::new(ClientTls::from_options(options)),
+                call::Resilience::default(),
             )),
             wrappers: Vec::new(),
         }
@@ -112,6 +127,24 @@ impl Client {
         self.rebuild(|inner| inner.timeout = timeout)
     }
 
+    /// Ejects failing nodes as `config` says (on by default: [`BreakerConfig::default`]);
+    /// `BreakerConfig::off()` turns ejection off.
+    pub fn breaker(self, config: BreakerConfig) -> Self {
+        self.rebuild(|inner| inner.resilience.breaker = config)
+    }
+
+    /// Limits retries to `budget` ([`RetryBudget::default`]: about 20 % of calls).
+    pub fn retry_budget(self, budget: RetryBudget) -> Self {
+        self.rebuild(|inner| inner.resilience.budget = budget)
+    }
+
+    /// Answers calls of the fallback's service (or endpoint) with its reply when they fail
+    /// with its codes or find every node ejected. The first fallback added that covers a call
+    /// answers it.
+    pub fn fallback(self, fallback: Fallback) -> Self {
+        self.rebuild(|inner| inner.resilience.fallbacks.push(fallback))
+    }
+
     /// Wraps every call with `layer` (first added runs first).
     pub fn wrap(mut self, layer: impl CallLayer) -> Self {
         self.wrappers.push(layer.into_wrapper());
@@ -123,6 +156,18 @@ impl Client {
         self.balanced(service, None)
     }
 
+    /// A channel to the nodes of `service` that `filter` lets through (a version, metadata):
+    /// `client.channel_with("greeter", Filter::version("v2"))`.
+    pub fn channel_with(&self, service: &str, filter: Filter) -> ServiceChannel {
+        let base = BoxCloneSyncService::new(call::Balancer::new(
+            self.inner.clone(),
+            service,
+            None,
+            Some(Arc::new(filter)),
+        ));
+        ServiceChannel(apply(&self.wrappers, base))
+    }
+
     /// A channel to one node of `service`, named by its id or address (as `micro call --node`
     /// takes it): no balancing and no retry elsewhere; `NOT_FOUND` listing the nodes when the
     /// service has no such node.
@@ -131,7 +176,8 @@ impl Client {
     }
 
     fn balanced(&self, service: &str, node: Option<&str>) -> ServiceChannel {
-        let base = BoxCloneSyncService::new(call::Balancer::new(self.inner.clone(), service, node));
+        let base =
+            BoxCloneSyncService::new(call::Balancer::new(self.inner.clone(), service, node, None));
         ServiceChannel(apply(&self.wrappers, base))
     }
 
@@ -140,18 +186,31 @@ impl Client {
         &self.inner.registry
     }
 
-    fn rebuild(self, change: impl FnOnce(&mut call::Inner)) -> Self {
-        let mut inner = call::Inner::new(
+    fn rebuild(self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings {
+            timeout: self.inner.timeout,
+            selector: self.inner.selector,
+            resilience: self.inner.resilience.clone(),
+        };
+        change(&mut settings);
+        let inner = call::Inner::new(
             self.inner.registry.clone(),
-            self.inner.timeout,
+            settings.timeout,
             self.inner.retries,
-            self.inner.selector,
+            settings.selector,
             self.inner.cache.tls.clone(),
+            settings.resilience,
         );
-        change(&mut inner);
         Client {
             inner: Arc::new(inner),
             wrappers: self.wrappers,
         }
     }
+}
+
+/// What the builder methods change before the client's state is made afresh.
+struct Settings {
+    timeout: Duration,
+    selector: Selector,
+    resilience: call::Resilience,
 }

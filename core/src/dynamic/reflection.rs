@@ -55,6 +55,9 @@ macro_rules! ask_with {
                 .message()
                 .await?
                 .ok_or_else(|| Status::internal("the reflection stream ended without an answer"))?;
+            // Read on to the trailers (one request, so the server ends the stream at once): a
+            // stream dropped early is a CANCELLED call in the service's metrics.
+            while let Ok(Some(_)) = stream.message().await {}
             match response.message_response {
                 Some(MessageResponse::ListServicesResponse(list)) => Ok(Answer::Services(
                     list.service.into_iter().map(|s| s.name).collect(),

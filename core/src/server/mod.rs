@@ -3,10 +3,12 @@
 //! deregisters first, then drains in-flight calls.
 
 mod consumer;
+mod drain;
 mod endpoints;
 mod registration;
 
 pub use endpoints::endpoints_of;
+pub use registration::{HEALTH_METADATA, NOT_SERVING};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -232,7 +234,8 @@ impl Server {
                 metadata: node_metadata,
             }],
         };
-        let handlers = self.handlers(&service)?;
+        // Counted so that stop drains them while still serving (and reporting NOT_SERVING).
+        let (handlers, in_flight) = drain::counted(self.handlers(&service)?);
         let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
         for (broker, topic, options, handler) in std::mem::take(&mut self.subscriptions) {
             subscriptions.push(broker.subscribe(&topic, handler, options.clone()).await?);
@@ -243,6 +246,8 @@ impl Server {
             consumers.push(consumption.start().await?);
         }
 
+        let metrics = crate::metrics::serve(&self.options).await?;
+        let debug = crate::debug::serve(&self.options).await?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         for name in &self.names {
             health_reporter
@@ -311,6 +316,9 @@ impl Server {
             done,
             serving,
             registration,
+            in_flight,
+            _metrics: metrics,
+            _debug: debug,
         })
     }
 
@@ -326,7 +334,9 @@ impl Server {
                 handlers,
             ));
         }
-        Ok(apply(&self.wrappers, handlers))
+        let handlers = apply(&self.wrappers, handlers);
+        // Outermost, so every call is counted, including those a wrapper refuses.
+        Ok(crate::metrics::server_layer(&service.name).wrap(handlers))
     }
 
     fn reflection(&self) -> Result<Routes> {
@@ -410,12 +420,7 @@ impl Service<http::Request<Body>> for RouteFirst {
             Box::pin(async move { extra.call(request).await })
         } else {
             let mut handlers = self.handlers.clone();
-            let request_id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            let span = tracing::info_span!("handle", service = %self.names.0, node = %self.names.1, endpoint = %request.uri().path(), request_id = %request_id);
+            let span = crate::trace::handler_span(&request, &self.names.0, &self.names.1);
             Box::pin(tracing::Instrument::instrument(
                 async move { tower::ServiceExt::oneshot(&mut handlers, request).await },
                 span,
@@ -449,6 +454,12 @@ pub struct RunningServer {
     done: watch::Receiver<bool>,
     serving: JoinHandle<Result<()>>,
     registration: JoinHandle<()>,
+    /// The calls in the user's handlers, drained by stop.
+    in_flight: drain::InFlight,
+    /// `/metrics` on `metrics-address`, served until the server is dropped.
+    _metrics: Option<crate::metrics::MetricsServer>,
+    /// `/debug/pprof` on `debug-address`, served until the server is dropped.
+    _debug: Option<crate::debug::DebugServer>,
 }
 
 impl RunningServer {
@@ -472,11 +483,24 @@ impl RunningServer {
         self.stop().await
     }
 
-    /// Deregisters, stops accepting, waits for in-flight calls (at most the shutdown timeout),
-    /// and returns.
+    /// Stops gracefully, bounded by the shutdown timeout: gRPC health answers NOT_SERVING (for
+    /// every service and the whole server, `""`) at once; the node is registered again with
+    /// `health=not_serving` ([`HEALTH_METADATA`]) so that watchers see it stopping, then
+    /// deregistered; subscriptions and consumers stop; in-flight calls finish while the server
+    /// still accepts (clients with a stale view of the registry are served, health checks are
+    /// answered); then it stops accepting and returns when the connections are done.
     pub async fn stop(self) -> Result<()> {
         let node = &self.service.nodes[0].id;
+        let timeout = self.options.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        for name in self.names.iter().copied().chain([""]) {
+            self.health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         self.registration.abort();
+        registration::announce_stopping(&*self.registry, &self.service, self.options.register_ttl)
+            .await;
         if let Err(e) = self.registry.deregister(&self.service).await {
             tracing::warn!(node = %node, error = %e, "deregistration failed; the registry drops the node when its TTL lapses");
         }
@@ -489,16 +513,21 @@ impl RunningServer {
         for consumer in self.consumers {
             consumer.stop(self.options.shutdown_timeout).await;
         }
-        for name in &self.names {
-            self.health
-                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
-                .await;
+        tracing::info!(node = %node, in_flight = self.in_flight.count(), "deregistered; draining in-flight calls");
+        if tokio::time::timeout_at(deadline, self.in_flight.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = %node, in_flight = self.in_flight.count(), "calls still running after {}; stopping anyway", humantime::format_duration(timeout));
         }
-        tracing::info!(node = %node, "deregistered; draining in-flight calls");
         let _ = self.stop.send(true);
-        let timeout = self.options.shutdown_timeout;
         let mut serving = self.serving;
-        match tokio::time::timeout(timeout, &mut serving).await {
+        // Streams and connections get what is left of the timeout (at least a moment, to close
+        // cleanly).
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(std::time::Duration::from_millis(100));
+        match tokio::time::timeout(left, &mut serving).await {
             Ok(Ok(result)) => result?,
             Ok(Err(join)) => return Err(Error::Server(format!("server task failed: {join}"))),
             Err(_) => {

@@ -14,6 +14,26 @@ use crate::registry::{Registry, Service};
 
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 
+/// The node metadata key a stopping server sets (to [`NOT_SERVING`]) just before it
+/// deregisters, so that registry watchers see it stopping before it is gone.
+pub const HEALTH_METADATA: &str = "health";
+/// The value of [`HEALTH_METADATA`] on a node that is stopping: it answers NOT_SERVING to gRPC
+/// health checks and is draining its in-flight calls.
+pub const NOT_SERVING: &str = "not_serving";
+
+/// Registers `service`'s node again with `health=not_serving` (the registration task is
+/// stopped first). A failure is logged only: the deregistration that follows matters more.
+pub(super) async fn announce_stopping(registry: &dyn Registry, service: &Service, ttl: Duration) {
+    let mut stopping = service.clone();
+    for node in &mut stopping.nodes {
+        node.metadata
+            .insert(HEALTH_METADATA.into(), NOT_SERVING.into());
+    }
+    if let Err(e) = registry.register(&stopping, ttl).await {
+        tracing::warn!(service = %service.name, registry = registry.name(), error = %e, "cannot mark the node not serving in the registry; deregistering anyway");
+    }
+}
+
 pub(super) async fn spawn(
     registry: Arc<dyn Registry>,
     service: Service,

@@ -1,6 +1,10 @@
 //! The greeter service: `cargo run -p micro-examples --bin greeter -- --help` lists its flags.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clap::Parser;
@@ -20,6 +24,64 @@ struct Cli {
     /// How long each reply takes, e.g. 2s (to watch graceful shutdown drain a slow call)
     #[arg(long, value_name = "DURATION", value_parser = humantime_duration)]
     reply_delay: Option<Duration>,
+    /// The share of calls (0 to 1) answered UNAVAILABLE instead of by the handler, while
+    /// health still says SERVING: a sick node, to watch clients route around it
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, value_parser = fail_rate)]
+    fail_rate: f64,
+}
+
+fn fail_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate from 0 to 1, e.g. 0.5")),
+    }
+}
+
+/// A server wrapper answering a share of the calls `UNAVAILABLE` before they reach the handler.
+/// It wraps the user's handlers only, so the health service keeps answering SERVING.
+#[derive(Clone, Copy)]
+struct FailLayer(f64);
+
+impl<S> tower::Layer<S> for FailLayer {
+    type Service = Fail<S>;
+
+    fn layer(&self, inner: S) -> Fail<S> {
+        Fail {
+            inner,
+            rate: self.0,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Fail<S> {
+    inner: S,
+    rate: f64,
+}
+
+type Request = http::Request<tonic::body::Body>;
+type Response = http::Response<tonic::body::Body>;
+
+impl<S> tower::Service<Request> for Fail<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if fastrand::f64() < self.rate {
+            let status = tonic::Status::unavailable("this greeter fails on purpose (--fail-rate)");
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        Box::pin(self.inner.call(request))
+    }
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -40,7 +102,11 @@ async fn run() -> micro_core::Result<()> {
         greeting: cli.greeting,
         delay: cli.reply_delay.unwrap_or_default(),
     };
-    let running = Server::new(options.clone(), registry.clone())
+    let mut server = Server::new(options.clone(), registry.clone());
+    if cli.fail_rate > 0.0 {
+        server = server.wrap(FailLayer(cli.fail_rate));
+    }
+    let running = server
         .descriptors(greeter::DESCRIPTORS)?
         .add_service(GreeterServer::new(handler))
         .start()

@@ -12,7 +12,7 @@ use micro_memory::MemoryRegistry;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    micro_core::logging::init();
+    let _telemetry = micro_core::logging::init_service("quickstart");
     let options = Options::new("greeter").registry("memory").load()?;
     let registry = Arc::new(MemoryRegistry::new());
     let server = Server::new(options.clone(), registry.clone())

@@ -1,0 +1,332 @@
+//! W3C trace context across processes: the `traceparent` and `tracestate` headers of gRPC calls
+//! and broker messages (<https://www.w3.org/TR/trace-context/>).
+//!
+//! A server call's `handle` span continues the caller's trace ([`handler_span`]); every outgoing
+//! client call carries the current span's context ([`inject`]), so a handler calling another
+//! service continues the same trace; a published message carries it in its headers
+//! ([`inject_message`]) and its delivery continues it ([`message_span`]). The gateway continues
+//! an HTTP client's trace the same way ([`continue_trace`]).
+//!
+//! The span ids come from the OpenTelemetry layer that [`crate::logging`] installs. Without it
+//! (a library user with a subscriber of their own) these functions carry nothing and cost a
+//! lookup: a trace is never invented where nobody can see it.
+
+use std::collections::BTreeMap;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tonic::body::Body;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::broker::Message;
+
+/// The W3C header carrying the trace id, the parent span id and the sampled flag.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The span a server handles one call in, continuing the caller's trace when the request
+/// carries one (its `traceparent` header). Its `trace_id` field puts the trace id on every log
+/// line written inside the call.
+pub fn handler_span(request: &http::Request<Body>, service: &str, node: &str) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "handle",
+        service = %service,
+        node = %node,
+        endpoint = %request.uri().path(),
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        otel.kind = "server",
+    );
+    continue_trace(&span, request.headers());
+    span
+}
+
+/// Makes `span` (not yet entered) the child of the trace context in `headers` when they carry a
+/// valid `traceparent`; a missing or malformed one leaves `span` the root of a new trace. Then
+/// records the trace id in the span's `trace_id` field, if it has one, for the logs.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    continue_from(span, &HeaderExtractor(headers));
+}
+
+/// Parents `span` on the context `carrier` holds, if valid, and records its trace id.
+fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(traceparent) = carrier.get(TRACEPARENT).map(str::trim)
+        && well_formed(traceparent)
+    {
+        let parent = TraceContextPropagator::new().extract(carrier);
+        // An all-zero id extracts to no span: W3C says to start a new trace then, as for a
+        // malformed header. `set_parent` fails only when no OpenTelemetry layer is installed:
+        // nothing to continue then.
+        if parent.span().span_context().is_valid() && span.set_parent(parent).is_ok() {
+            // The trace id is the header's (digits 3..35): no need to ask the span for it.
+            span.record("trace_id", &traceparent[3..35]);
+            return;
+        }
+    }
+    record_trace_id(span);
+}
+
+/// Writes the current span's trace context into an outgoing call's headers, replacing any
+/// `traceparent`/`tracestate` already there (a forwarded client header must not outlive the
+/// hop that continued it).
+pub fn inject(headers: &mut http::HeaderMap) {
+    inject_into(&mut HeaderInjector(headers));
+}
+
+/// Writes the current span's trace context into a message's headers before it is published.
+pub fn inject_message(message: &mut Message) {
+    inject_into(&mut MapInjector(&mut message.header));
+}
+
+/// Writes the current span's context into `carrier`, when there is one.
+fn inject_into(carrier: &mut dyn Injector) {
+    let current = tracing::Span::current();
+    if current.is_disabled() {
+        return;
+    }
+    let context = current.context();
+    if !context.span().span_context().is_valid() {
+        return;
+    }
+    TraceContextPropagator::new().inject_context(&context, carrier);
+}
+
+/// The span a subscriber handles `message` in, continuing the publisher's trace when the
+/// message carries one.
+pub fn message_span(topic: &str, message: &Message) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deliver",
+        %topic,
+        trace_id = tracing::field::Empty,
+        otel.kind = "consumer",
+    );
+    continue_from(&span, &MapExtractor(&message.header));
+    span
+}
+
+/// The trace id of `span` as 32 lowercase hex digits, or `None` when it has no trace context
+/// (no OpenTelemetry layer installed, or the span is disabled).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_ref = context.span();
+    let span_context = span_ref.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// Whether `traceparent` has the W3C shape: `version-traceid-parentid-flags`, 2, 32, 16 and 2
+/// lowercase hex digits, version `ff` forbidden, and for version `00` nothing after the flags.
+/// (The SDK's propagator pads short ids with zeros, so a truncated header would otherwise be
+/// continued as a different trace.)
+fn well_formed(traceparent: &str) -> bool {
+    let traceparent = traceparent.trim();
+    let hex = |part: &str, len: usize| {
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let mut parts = traceparent.splitn(5, '-');
+    let (Some(version), Some(trace), Some(parent), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let rest = parts.next();
+    hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && (rest.is_none() || version != "00")
+}
+
+fn record_trace_id(span: &tracing::Span) {
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id.as_str());
+    }
+}
+
+/// Reads the propagator's keys from HTTP headers (gRPC metadata).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Reads the propagator's keys from a message's headers.
+struct MapExtractor<'a>(&'a BTreeMap<String, String>);
+
+impl Extractor for MapExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Writes the propagator's keys into a message's headers, replacing earlier values.
+struct MapInjector<'a>(&'a mut BTreeMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+}
+
+/// Writes the propagator's keys into HTTP headers, replacing earlier values.
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // The propagator writes only its own lowercase ASCII names and printable values; a
+        // pair that is not a valid header is skipped rather than sent half-formed.
+        if let (Ok(name), Ok(mut value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            // A new value on every call: HTTP/2's header compression would add each one to its
+            // table, pushing out the headers that do repeat (content-type, te, grpc-timeout)
+            // on both ends. Sensitive values are sent as never-indexed literals instead.
+            value.set_sensitive(true);
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn with_layer(test: impl FnOnce()) {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, test);
+    }
+
+    fn request(traceparent: Option<&str>) -> http::Request<Body> {
+        let mut request = http::Request::new(Body::empty());
+        if let Some(value) = traceparent {
+            request
+                .headers_mut()
+                .insert(TRACEPARENT, http::HeaderValue::from_str(value).unwrap());
+        }
+        request
+    }
+
+    fn injected() -> String {
+        let mut headers = http::HeaderMap::new();
+        inject(&mut headers);
+        headers
+            .get(TRACEPARENT)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_call_continues_the_callers_trace_with_a_span_of_its_own() {
+        with_layer(|| {
+            let span = handler_span(&request(Some(PARENT)), "greeter", "n1");
+            assert_eq!(
+                trace_id(&span).as_deref(),
+                Some("0af7651916cd43dd8448eb211c80319c")
+            );
+            let sent = span.in_scope(injected);
+            let parts: Vec<&str> = sent.split('-').collect();
+            assert_eq!(parts.len(), 4, "{sent}");
+            assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c");
+            assert_ne!(
+                parts[2], "b7ad6b7169203331",
+                "the handle span's own id goes on"
+            );
+            assert_eq!(parts[3], "01");
+        });
+    }
+
+    #[test]
+    fn a_malformed_traceparent_starts_a_new_trace() {
+        with_layer(|| {
+            for bad in [
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+                "00-af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319c-7ad6b7169203331-01",
+                "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+                "zz-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "not a trace",
+            ] {
+                let span = handler_span(&request(Some(bad)), "greeter", "n1");
+                let id = trace_id(&span).expect("a new trace");
+                assert_ne!(id, "0af7651916cd43dd8448eb211c80319c", "{bad}");
+                assert_ne!(id, "00000000000000000000000000000000", "{bad}");
+            }
+        });
+    }
+
+    #[test]
+    fn a_later_version_may_carry_more_fields() {
+        assert!(well_formed(PARENT));
+        assert!(well_formed(
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next"
+        ));
+        assert!(!well_formed(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next"
+        ));
+    }
+
+    #[test]
+    fn a_message_carries_the_trace_to_its_delivery() {
+        with_layer(|| {
+            let span = handler_span(&request(Some(PARENT)), "relay", "n1");
+            let mut message = Message::new("hi");
+            span.in_scope(|| inject_message(&mut message));
+            let header = message.header.get(TRACEPARENT).cloned().unwrap_or_default();
+            assert!(
+                header.contains("0af7651916cd43dd8448eb211c80319c"),
+                "{header}"
+            );
+            let delivery = message_span("greeted", &message);
+            assert_eq!(
+                trace_id(&delivery).as_deref(),
+                Some("0af7651916cd43dd8448eb211c80319c")
+            );
+        });
+    }
+
+    #[test]
+    fn without_the_layer_nothing_is_carried() {
+        let span = handler_span(&request(Some(PARENT)), "greeter", "n1");
+        assert_eq!(trace_id(&span), None);
+        assert_eq!(span.in_scope(injected), "");
+        let mut message = Message::new("hi");
+        inject_message(&mut message);
+        assert!(message.header.is_empty());
+    }
+}
