@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
     let rebuilt = match parsed.kind {
         "index" => "/".to_string(),
         "health" | "metrics" | "rpc" | "mcp" => format!("/{}", parsed.kind),
+        "ready" => "/health/ready".to_string(),
         "openapi" => "/openapi.json".to_string(),
         "service-openapi" => format!("/{}/openapi.json", names[0]),
         "docs" => ["/docs".to_string()]

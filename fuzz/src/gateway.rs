@@ -12,7 +12,7 @@ pub const MAX_PATH: usize = route::MAX_PATH;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Route<'a> {
     /// The kind of route: `index`, `health`, `metrics`, `rpc`, `openapi`, `service-openapi`,
-    /// `docs`, `mcp`, `describe` or `call`.
+    /// `docs`, `mcp`, `describe`, `call` or `ready`.
     pub kind: &'static str,
     /// The names taken from the path, in path order: the service (`service-openapi`,
     /// `describe`, `call`), the gRPC service when given and the method (`call`), the asset
@@ -26,6 +26,7 @@ pub fn route(path: &str) -> Result<Route<'_>, ApiError> {
     let (kind, names) = match route::parse(path)? {
         Target::Index => ("index", vec![]),
         Target::Health => ("health", vec![]),
+        Target::Ready => ("ready", vec![]),
         Target::Metrics => ("metrics", vec![]),
         Target::Rpc => ("rpc", vec![]),
         Target::OpenApi => ("openapi", vec![]),
