@@ -12,30 +12,18 @@
 
 use std::net::SocketAddr;
 
-use tokio::task::JoinHandle;
-
 use crate::Result;
 use crate::options::Options;
 
 /// The HTTP server of `/debug/pprof/*` on `debug-address`, while it is kept: dropping it stops
 /// the listener and any profile being taken.
 #[derive(Debug)]
-pub struct DebugServer {
-    address: SocketAddr,
-    task: JoinHandle<()>,
-}
+pub struct DebugServer(crate::http_server::HttpServer);
 
 impl DebugServer {
     /// The address the server listens on (the real port when `debug-address` asked for port 0).
     pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-}
-
-impl Drop for DebugServer {
-    fn drop(&mut self) {
-        // The task owns the listener and every connection (a JoinSet): aborting it closes them.
-        self.task.abort();
+        self.0.address()
     }
 }
 
@@ -130,14 +118,12 @@ mod profiling {
     use http::{Method, Request, Response, StatusCode, header};
     use http_body_util::Full;
     use hyper::body::Incoming;
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioIo, TokioTimer};
     use tokio::net::TcpListener;
     use tokio::sync::Mutex;
-    use tokio::task::JoinSet;
     use tracing::Instrument;
 
     use super::DebugServer;
+    use crate::http_server::HttpServer;
     use crate::{Error, Result};
 
     /// Samples per second. Not 100: a rate in lockstep with the 100 Hz timers of many programs
@@ -150,8 +136,6 @@ mod profiling {
     /// Libraries not unwound from the signal handler: unwinding through them can deadlock or
     /// crash (pprof-rs's advice).
     const BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
-    /// How long a client may take to send its request head.
-    const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// Held while a profile is taken. Process-wide, like the sampler itself: a gateway and a
     /// service in one process share it.
@@ -191,41 +175,11 @@ mod profiling {
             "serving CPU profiles: http://{bound}/debug/pprof/profile?seconds=30, \
              http://{bound}/debug/pprof/flamegraph?seconds=30"
         );
-        let task = tokio::spawn(accept(listener));
-        Ok(DebugServer {
-            address: bound,
-            task,
-        })
-    }
-
-    /// Accepts connections until aborted; the connections live in a JoinSet so that aborting
-    /// this task ends them too (and with them any profile being taken).
-    async fn accept(listener: TcpListener) {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        connections.spawn(async move {
-                            let served = hyper::server::conn::http1::Builder::new()
-                                .timer(TokioTimer::new())
-                                .header_read_timeout(HEADER_TIMEOUT)
-                                .serve_connection(TokioIo::new(stream), service_fn(handle))
-                                .await;
-                            if let Err(e) = served {
-                                tracing::debug!(%peer, error = %e, "debug connection ended");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors, say: wait rather than spin on the error.
-                        tracing::warn!(error = %e, "debug server: cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = connections.join_next() => {}
-            }
-        }
+        Ok(DebugServer(HttpServer::spawn(
+            listener,
+            "debug server",
+            handle,
+        )))
     }
 
     async fn handle(request: Request<Incoming>) -> std::result::Result<Reply, Infallible> {

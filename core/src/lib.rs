@@ -38,6 +38,7 @@ pub mod debug;
 pub mod dynamic;
 pub mod events;
 pub mod grpc;
+mod http_server;
 pub mod logging;
 pub mod metrics;
 pub mod options;

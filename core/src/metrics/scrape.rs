@@ -2,42 +2,24 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
 
+use crate::http_server::HttpServer;
 use crate::{Error, Result};
 
 /// The content type of the Prometheus text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// How long a client may take to send its request head: a scraper sends it at once, and a
-/// connection that sends nothing must not be held forever.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The HTTP server of `/metrics` on `metrics-address`, served while it is kept (stopped, with
 /// its open connections, when dropped).
 #[derive(Debug)]
-pub struct MetricsServer {
-    address: SocketAddr,
-    task: JoinHandle<()>,
-}
+pub struct MetricsServer(HttpServer);
 
 impl MetricsServer {
     /// The address it listens on (the real port when `metrics-address` asked for port 0).
     pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every connection task.
-        self.task.abort();
+        self.0.address()
     }
 }
 
@@ -51,38 +33,9 @@ pub(crate) async fn bind(address: &str) -> Result<MetricsServer> {
     })?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "serving metrics on http://{local}/metrics");
-    Ok(MetricsServer {
-        address: local,
-        task: tokio::spawn(accept(listener)),
-    })
-}
-
-async fn accept(listener: TcpListener) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(async move {
-                        let served = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service_fn(answer))
-                            .await;
-                        if let Err(e) = served {
-                            tracing::debug!("metrics connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, say: pause instead of spinning on the error.
-                    tracing::warn!("metrics-address: cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+    Ok(MetricsServer(HttpServer::spawn(
+        listener, "metrics", answer,
+    )))
 }
 
 async fn answer<B>(
