@@ -50,12 +50,14 @@ async fn run() -> micro_core::Result<()> {
     // /metrics on the gateway's own address is always there), served until the process exits.
     let _debug = micro_core::debug::serve(&options.service).await?;
     let _metrics = micro_core::metrics::serve(&options.service).await?;
+    // Listening before start: a SIGTERM right after the gateway is up still stops it gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = gateway.start().await?;
     println!(
         "micro-gateway listening on {} (registry {registry_name}, served on {})",
         running.url(),
         running.registry_address()
     );
-    micro_core::server::shutdown_signal().await;
+    signal.await;
     running.stop().await
 }

@@ -131,13 +131,19 @@ fn a_stopping_greeter_is_not_serving_while_it_drains_and_says_so_in_the_registry
         );
         greeter.terminate();
         // NOT_SERVING from the moment stop begins, for the whole server and each service.
-        eventually(SLACK, "the greeter reports NOT_SERVING", || {
-            let mut health = health.clone();
-            async move {
-                status(&mut health, "").await.ok() == Some(ServingStatus::NotServing as i32)
+        let until = tokio::time::Instant::now() + SLACK;
+        loop {
+            let answer = status(&mut health, "").await;
+            if answer.as_ref().ok() == Some(&(ServingStatus::NotServing as i32)) {
+                break;
             }
-        })
-        .await;
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the greeter does not report NOT_SERVING within {SLACK:?} of SIGTERM; the last \
+                 check answered {answer:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(
             status(&mut health, "greeter.v1.Greeter")
                 .await

@@ -188,13 +188,7 @@ impl Server {
             .shutdown
             .take()
             .unwrap_or_else(|| Box::pin(shutdown_signal()));
-        let running = self.start().await?;
-        let mut done = running.done.clone();
-        tokio::select! {
-            () = signal => {}
-            _ = done.changed() => {}
-        }
-        running.stop().await
+        self.start().await?.stop_on(signal).await
     }
 
     /// Binds, starts serving and registering, and returns a handle.
@@ -367,27 +361,44 @@ fn advertised_address(local: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C): what [`Server::serve`] and
-/// [`RunningServer::stop_on_signal`] wait for, for binaries that stop other things the same way.
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C): what [`Server::serve`] waits for, and what
+/// binaries that start a server (or the gateway) pass to [`RunningServer::stop_on`].
+///
+/// The listeners are installed by this call, not when the future is first polled, so call it
+/// before `start`: a signal that comes the moment the server is registered is then answered
+/// with a graceful stop rather than the default action, which kills the process before it
+/// deregisters. Must be called within a Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        let listen = |kind: SignalKind, name: &'static str| {
+            let listener = signal(kind)
+                .inspect_err(|e| tracing::warn!("cannot listen for {name} ({e})"))
+                .ok();
+            async move {
+                match listener {
+                    Some(mut listener) => {
+                        listener.recv().await;
+                        tracing::info!("{name} received");
+                    }
+                    None => std::future::pending().await,
                 }
             }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}); SIGINT only");
-                let _ = tokio::signal::ctrl_c().await;
+        };
+        let terminate = listen(SignalKind::terminate(), "SIGTERM");
+        let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        async move {
+            tokio::select! {
+                () = terminate => {}
+                () = interrupt => {}
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Sends the user's paths to the wrapped handlers and everything else (reflection, health) to
@@ -473,11 +484,21 @@ impl RunningServer {
         &self.service
     }
 
-    /// Runs until SIGINT or SIGTERM (or until the server fails), then [`stop`](Self::stop)s.
-    pub async fn stop_on_signal(self) -> Result<()> {
+    /// Runs until `signal` completes (or the server fails), then [`stop`](Self::stop)s. With
+    /// [`shutdown_signal`], made before `start`, this is a binary's main loop:
+    ///
+    /// ```no_run
+    /// # async fn run(server: micro_core::Server) -> micro_core::Result<()> {
+    /// let signal = micro_core::server::shutdown_signal();
+    /// let running = server.start().await?;
+    /// println!("listening on {}", running.address());
+    /// running.stop_on(signal).await
+    /// # }
+    /// ```
+    pub async fn stop_on(self, signal: impl Future<Output = ()>) -> Result<()> {
         let mut done = self.done.clone();
         tokio::select! {
-            () = shutdown_signal() => {}
+            () = signal => {}
             _ = done.changed() => {}
         }
         self.stop().await

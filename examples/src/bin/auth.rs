@@ -161,6 +161,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "the auth example issues tokens: it needs an Auth plugin (--auth jwt), not `none`",
     )?;
     let rules = Rules::watch_file(&cli.rules, DEFAULT_POLL)?;
+    // Listening before start: a SIGTERM right after registration still stops gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = Server::new(options.clone(), registry)
         .descriptors(greeter::DESCRIPTORS)?
         .descriptors(auth::DESCRIPTORS)?
@@ -184,5 +186,5 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         },
         cli.rules.display()
     );
-    Ok(running.stop_on_signal().await?)
+    Ok(running.stop_on(signal).await?)
 }

@@ -121,6 +121,8 @@ async fn run() -> micro_core::Result<()> {
         }
     });
 
+    // Listening before start: a SIGTERM right after registration still stops gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = Server::new(options.clone(), registry.clone())
         .descriptors(greeter::DESCRIPTORS)?
         .add_service(GreeterServer::new(ConfiguredGreeter { greeting }))
@@ -133,5 +135,5 @@ async fn run() -> micro_core::Result<()> {
         registry.name(),
         config.name()
     );
-    running.stop_on_signal().await
+    running.stop_on(signal).await
 }

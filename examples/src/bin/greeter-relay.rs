@@ -117,6 +117,8 @@ async fn run() -> micro_core::Result<()> {
         topic: cli.topic,
         broker: broker.clone(),
     };
+    // Listening before start: a SIGTERM right after registration still stops gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = Server::new(options.clone(), registry.clone())
         .descriptors(greeter::DESCRIPTORS)?
         .add_service(GreeterServer::new(relay))
@@ -130,5 +132,5 @@ async fn run() -> micro_core::Result<()> {
         registry.name(),
         broker.name()
     );
-    running.stop_on_signal().await
+    running.stop_on(signal).await
 }

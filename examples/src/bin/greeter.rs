@@ -106,6 +106,8 @@ async fn run() -> micro_core::Result<()> {
     if cli.fail_rate > 0.0 {
         server = server.wrap(FailLayer(cli.fail_rate));
     }
+    // Listening before start: a SIGTERM right after registration still stops gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = server
         .descriptors(greeter::DESCRIPTORS)?
         .add_service(GreeterServer::new(handler))
@@ -118,5 +120,5 @@ async fn run() -> micro_core::Result<()> {
         running.address(),
         registry.name()
     );
-    running.stop_on_signal().await
+    running.stop_on(signal).await
 }

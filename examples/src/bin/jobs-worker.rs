@@ -34,6 +34,8 @@ async fn run() -> micro_core::Result<()> {
         println!("sent {} to {}", job.id, job.to);
         Ok(())
     });
+    // Listening before start: a SIGTERM right after registration still stops gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = Server::new(options, registry)
         .subscribe(
             &broker,
@@ -48,5 +50,5 @@ async fn run() -> micro_core::Result<()> {
         broker.name(),
         running.address()
     );
-    running.stop_on_signal().await
+    running.stop_on(signal).await
 }

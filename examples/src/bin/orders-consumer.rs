@@ -71,6 +71,8 @@ async fn run() -> micro_core::Result<()> {
     let consume = ConsumeOptions::group(&cli.group)
         .with_offset(cli.from)
         .with_ack_wait(cli.ack_wait);
+    // Listening before start: a SIGTERM right after registration still stops gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = Server::new(options, registry)
         .consume(&events, &cli.topic, consume, process)
         .start()
@@ -82,5 +84,5 @@ async fn run() -> micro_core::Result<()> {
         events.name(),
         running.address()
     );
-    running.stop_on_signal().await
+    running.stop_on(signal).await
 }

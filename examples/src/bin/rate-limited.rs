@@ -34,6 +34,8 @@ async fn main() -> ExitCode {
 async fn run() -> micro_core::Result<()> {
     let (options, cli) = Options::new("greeter").load_with::<Cli>()?;
     let registry = catalog().registry(&options).await?;
+    // Listening before start: a SIGTERM right after registration still stops gracefully.
+    let signal = micro_core::server::shutdown_signal();
     let running = Server::new(options, registry)
         .descriptors(greeter::DESCRIPTORS)?
         .add_service(GreeterServer::new(Greeter::default()))
@@ -49,5 +51,5 @@ async fn run() -> micro_core::Result<()> {
         cli.burst,
         running.address()
     );
-    running.stop_on_signal().await
+    running.stop_on(signal).await
 }
