@@ -215,7 +215,9 @@ async fn invalidate_on_change(schemas: std::sync::Weak<Schemas>) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the registry; retrying in 1s"),
+            Err(e) => {
+                tracing::warn!(error = %micro_core::with_causes(&e), "cannot watch the registry; retrying in 1s")
+            }
         }
         if let Some(schemas) = schemas.upgrade() {
             schemas.lock().clear();

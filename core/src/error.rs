@@ -12,11 +12,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Plugins report backend failures as [`Error::Backend`], naming themselves, so a log line says
 /// which plugin spoke (`etcd registry: connect 127.0.0.1:2379: connection refused`).
+///
+/// Its display ends with the backend client's error, which says why; [`with_causes`] adds the
+/// causes under that one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A backend (etcd, RabbitMQ, ...) failed or could not be reached.
-    #[error("{plugin} {component}: {message}")]
+    #[error("{plugin} {component}: {}", append_source(.message, .source))]
     Backend {
         /// Which component: "registry", "broker", "store", "config" or "auth".
         component: &'static str,
@@ -123,6 +126,19 @@ impl Error {
     }
 }
 
+/// `message`, then the source's own message unless `message` holds it already (some plugins
+/// write it in): the message says what failed, the source why (`list /micro/registry/: message
+/// length too large: ...`). Dropping the source hid why; the causes under it are
+/// [`with_causes`]'s to add.
+fn append_source(message: &str, source: &Option<BoxError>) -> String {
+    let cause = source.as_ref().map(ToString::to_string).unwrap_or_default();
+    if cause.is_empty() || message.contains(&cause) {
+        message.to_string()
+    } else {
+        format!("{message}: {cause}")
+    }
+}
+
 /// `error` and every cause under it, `: `-separated, each once: a transport error's display
 /// alone ("transport error") hides what failed (a refused connection, a certificate that does
 /// not verify).
@@ -145,4 +161,27 @@ pub fn append_causes(
         cause = error.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_error_says_why_once() {
+        let refused = || std::io::Error::other("connection refused");
+        let error = Error::backend("registry", "etcd", "list /micro/registry/", refused());
+        assert_eq!(
+            error.to_string(),
+            "etcd registry: list /micro/registry/: connection refused"
+        );
+        assert_eq!(with_causes(&error), error.to_string(), "the cause once");
+        let written_in = Error::backend("store", "redis", "read k: connection refused", refused());
+        assert_eq!(
+            written_in.to_string(),
+            "redis store: read k: connection refused"
+        );
+        let alone = Error::backend_msg("config", "etcd", "set `a`: other writers");
+        assert_eq!(alone.to_string(), "etcd config: set `a`: other writers");
+    }
 }

@@ -28,7 +28,7 @@ use micro_core::{Error, Result};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::{AbortOnDrop, Conn, EtcdTls, NAME};
+use crate::{AbortOnDrop, Conn, EtcdTls, NAME, range};
 
 /// Where the config tree lives unless told otherwise.
 pub const PREFIX: &str = "/micro/config/";
@@ -340,20 +340,13 @@ struct WatchLoop {
 }
 
 impl WatchLoop {
-    /// Reads the whole tree; malformed keys keep their last good value (none at start).
+    /// Reads the whole tree in pages ([`range`]), and watches on from there; malformed keys
+    /// keep their last good value (none at start).
     async fn load(&mut self) -> std::result::Result<(), etcd_client::Error> {
-        let mut client = self.conn.client.clone();
-        let response = client
-            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        self.revision = response
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or(self.revision);
+        let (kvs, revision) = range::list(&self.conn.client, &self.prefix).await?;
+        self.revision = revision;
         self.tree.load(
-            response
-                .kvs()
-                .iter()
+            kvs.iter()
                 .filter_map(|kv| Some((self.leaf(kv)?, decode(kv)))),
         );
         Ok(())

@@ -37,6 +37,7 @@
 //! ```
 
 mod config;
+mod range;
 mod registry;
 mod store;
 mod tls;

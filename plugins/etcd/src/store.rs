@@ -14,12 +14,12 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use etcd_client::{GetOptions, KeyValue, PutOptions};
+use etcd_client::{KeyValue, PutOptions};
 use micro_core::store::{Namespace, Query, Record, Store, validate_key};
 use micro_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{Conn, EtcdTls, NAME};
+use crate::{Conn, EtcdTls, NAME, range};
 
 /// Where the store keys live.
 pub const PREFIX: &str = "/micro/store/";
@@ -69,18 +69,17 @@ impl EtcdStore {
         }
     }
 
-    /// Live records whose key starts with `start` in `namespace`, in key order.
+    /// Live records whose key starts with `start` in `namespace`, in key order, read in pages
+    /// ([`range`]).
     async fn scan(&self, namespace: &Namespace, start: &str) -> Result<Vec<Record>> {
         let base = table_prefix(namespace)?;
         let from = format!("{base}{start}");
-        let mut client = self.conn.client.clone();
-        let response = client
-            .get(from.as_str(), Some(GetOptions::new().with_prefix()))
+        let (kvs, _) = range::list(&self.conn.client, &from)
             .await
             .map_err(|e| self.conn.err(COMPONENT, format!("read {from}"), e))?;
         let now = now_ms();
         let mut records = Vec::new();
-        for kv in response.kvs() {
+        for kv in &kvs {
             if let Some(record) = decode(kv, &base, now)? {
                 records.push(record);
             }

@@ -10,11 +10,11 @@ mod watch;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{GetOptions, KeyValue};
+use etcd_client::KeyValue;
 use micro_core::registry::{Registry, Service, Watcher, merge_nodes};
 use micro_core::{Error, Result};
 
-use crate::{Conn, EtcdTls, NAME};
+use crate::{Conn, EtcdTls, NAME, range};
 use lease::Leases;
 
 /// Where the registry keys live (go-micro's prefix).
@@ -80,14 +80,11 @@ impl EtcdRegistry {
         }
     }
 
+    /// The keys under `prefix` and the revision they were read at, in pages ([`range`]).
     async fn list_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let mut client = self.conn.client.clone();
-        let mut response = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+        range::list(&self.conn.client, prefix)
             .await
-            .map_err(|e| self.conn.err(COMPONENT, format!("list {prefix}"), e))?;
-        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((response.take_kvs(), revision))
+            .map_err(|e| self.conn.err(COMPONENT, format!("list {prefix}"), e))
     }
 
     async fn services_under(&self, prefix: &str) -> Result<Vec<Service>> {

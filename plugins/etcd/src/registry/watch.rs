@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchOptions};
 use futures::StreamExt;
 use micro_core::Result;
 use micro_core::registry::{Event, EventKind, Node, Service, Watcher, diff_nodes};
@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{PREFIX, decode, parse_key};
-use crate::{AbortOnDrop, Conn, went_back};
+use crate::{AbortOnDrop, Conn, range, went_back};
 
 /// The key prefix a watch of `service` (or of all) covers.
 pub(super) fn watch_prefix(service: Option<&str>) -> String {
@@ -180,13 +180,9 @@ impl WatchLoop {
     /// [`diff_nodes`] (after an error for each key that does not decode); false when the watcher
     /// is gone.
     async fn resync(&mut self, sender: &mpsc::Sender<Result<Event>>) -> bool {
-        let mut client = self.conn.client.clone();
-        let listed = loop {
-            match client
-                .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                .await
-            {
-                Ok(response) => break response,
+        let (listed, revision) = loop {
+            match range::list(&self.conn.client, &self.prefix).await {
+                Ok(listed) => break listed,
                 Err(e) => {
                     warn!(prefix = %self.prefix, error = %e, "registry resync failed; retrying");
                     tokio::select! {
@@ -196,13 +192,11 @@ impl WatchLoop {
                 }
             }
         };
-        self.revision = listed
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or(self.revision);
+        // The watch goes on from the listing's revision + 1.
+        self.revision = revision;
         let mut now = BTreeMap::new();
         let mut items = Vec::new();
-        for kv in listed.kvs() {
+        for kv in &listed {
             let Ok(key) = kv.key_str() else { continue };
             match decode(kv) {
                 Ok(service) => {

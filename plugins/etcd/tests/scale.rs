@@ -1,0 +1,318 @@
+//! Listings larger than one gRPC message may be (tonic's default 4 MiB; issue #17), against the
+//! etcd started by `scripts/setup` (127.0.0.1:2379, or `MICRO_ETCD_ADDRESS`): such registries
+//! list, a watcher started on them sees what changes next, and a store of large records lists.
+//! Registry records are written straight into etcd, as a fleet of servers would have written
+//! them, under names unique to the run and on one lease, so a test that dies leaves nothing
+//! behind for longer than the lease.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{address, raw};
+use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use futures::{StreamExt, TryStreamExt};
+use micro_core::conformance::{PROMPT, unique};
+use micro_core::registry::{Endpoint, EventKind, MessageType, Node, Service, Watcher};
+use micro_core::store::{Namespace, Query, Record};
+use micro_core::{Registry, Store, with_causes};
+use micro_etcd::{EtcdRegistry, EtcdStore, REGISTRY_PREFIX, STORE_PREFIX};
+
+/// tonic's default limit on one decoded message: the single range response of the whole
+/// registry used to exceed it.
+const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
+
+/// etcd's default `--max-txn-ops`: the most puts one transaction may carry.
+const TXN_OPS: usize = 128;
+
+/// How many transactions of the fill are in flight at once.
+const IN_FLIGHT: usize = 8;
+
+/// How long the fill's lease lives: what a test that dies leaves behind is gone after it.
+const LEASE_TTL: i64 = 120;
+
+/// The registry tests fill the one registry prefix with thousands of keys: one at a time, so
+/// neither watcher wades through the other's fill and each test's printed timings are its own.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Node `node` of `service` as a server registers it: `methods` endpoints with their message
+/// types and gRPC paths, and the node metadata micro writes (0.5 KiB of JSON with one method,
+/// 1.3 KiB with five).
+fn record(service: &str, node: usize, methods: usize) -> Service {
+    let endpoints = ["Create", "Get", "List", "Update", "Delete"]
+        .into_iter()
+        .take(methods)
+        .map(|method| Endpoint {
+            name: format!("Catalog.{method}"),
+            request: Some(MessageType {
+                name: format!("{method}Request"),
+                full_name: format!("catalog.v1.{method}Request"),
+            }),
+            response: Some(MessageType {
+                name: format!("{method}Response"),
+                full_name: format!("catalog.v1.{method}Response"),
+            }),
+            metadata: [(
+                "grpc_method".to_string(),
+                format!("/catalog.v1.Catalog/{method}"),
+            )]
+            .into(),
+        })
+        .collect();
+    let metadata = [
+        ("protocol", "grpc"),
+        ("transport", "grpc"),
+        ("registry", "etcd"),
+        ("server", "micro"),
+        ("secure", "false"),
+    ];
+    Service {
+        name: service.to_string(),
+        version: "1.0.0".into(),
+        metadata: [("owner".to_string(), "team-catalog".to_string())].into(),
+        endpoints,
+        nodes: vec![Node {
+            id: format!("{service}-{node}"),
+            address: format!("10.0.{}.{}:50051", node % 250, node % 200 + 1),
+            metadata: metadata
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }],
+    }
+}
+
+/// The services of a run named `run`: `<run>-0000`, `<run>-0001`, ...
+fn names(run: &str, services: usize) -> Vec<String> {
+    (0..services).map(|i| format!("{run}-{i:04}")).collect()
+}
+
+/// Writes `nodes` nodes of each service of `names` (with `methods` endpoints) into etcd at the
+/// registry's keys, on one lease of [`LEASE_TTL`], [`TXN_OPS`] puts per transaction and
+/// [`IN_FLIGHT`] transactions at a time. Returns the lease and the bytes of registry JSON
+/// written.
+async fn fill(client: &Client, names: &[String], nodes: usize, methods: usize) -> (i64, usize) {
+    let lease = client
+        .clone()
+        .lease_grant(LEASE_TTL, None)
+        .await
+        .expect("lease")
+        .id();
+    let mut puts = Vec::new();
+    let mut bytes = 0;
+    for name in names {
+        for node in 0..nodes {
+            let record = record(name, node, methods);
+            let key = format!("{REGISTRY_PREFIX}{name}/{}", record.nodes[0].id);
+            let value = serde_json::to_string(&record).expect("encode");
+            bytes += value.len();
+            puts.push(TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
+    }
+    let batches: Vec<Vec<TxnOp>> = puts.chunks(TXN_OPS).map(<[TxnOp]>::to_vec).collect();
+    futures::stream::iter(batches)
+        .map(|ops| {
+            let mut client = client.clone();
+            async move { client.txn(Txn::new().and_then(ops)).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("fill the registry");
+    (lease, bytes)
+}
+
+/// Deletes every key of the run and its lease.
+async fn clean(client: &Client, run: &str, lease: i64) {
+    let mut client = client.clone();
+    client
+        .delete(
+            format!("{REGISTRY_PREFIX}{run}-"),
+            Some(DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .expect("clean up");
+    client.lease_revoke(lease).await.expect("revoke the lease");
+}
+
+/// The services of the run among `listed`, by name, each with its node count.
+fn of_run(listed: &[Service], run: &str) -> Vec<(String, usize)> {
+    let mut found: Vec<(String, usize)> = listed
+        .iter()
+        .filter(|s| s.name.starts_with(&format!("{run}-")))
+        .map(|s| (s.name.clone(), s.nodes.len()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Waits for the event `kind` of node `node`, passing over others (the registry is shared).
+async fn wait_for(watcher: &mut Watcher, kind: EventKind, node: &str) {
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, watcher.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind:?} of {node} within {PROMPT:?}"))
+            .expect("the watch ended")
+            .expect("watch event");
+        if event.kind == kind && event.service.nodes.iter().any(|n| n.id == node) {
+            return;
+        }
+    }
+}
+
+/// 20 000 nodes over 4 000 services: listed whole, and watched from the listing on.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_thousand_nodes_list_and_watch() {
+    let _serial = SERIAL.lock().await;
+    let registry = EtcdRegistry::connect(&address())
+        .await
+        .expect("etcd registry (run scripts/setup)");
+    let client = raw().await;
+    let run = unique("scale");
+    let names = names(&run, 4_000);
+
+    let started = Instant::now();
+    let (lease, bytes) = fill(&client, &names, 5, 5).await;
+    let filled = started.elapsed();
+    assert!(
+        bytes > MESSAGE_LIMIT,
+        "the registry must outgrow one message: {bytes} bytes"
+    );
+
+    let started = Instant::now();
+    let listed = registry.list_services().await.expect("list_services");
+    let listing = started.elapsed();
+    let found = of_run(&listed, &run);
+    assert_eq!(found.len(), names.len(), "every service listed");
+    assert!(
+        found.iter().all(|(_, nodes)| *nodes == 5),
+        "every service with its 5 nodes"
+    );
+
+    let started = Instant::now();
+    let mut watcher = registry.watch(None).await.expect("watch");
+    let watch_start = started.elapsed();
+    let newcomer = record(&format!("{run}-new"), 0, 5);
+    let node = newcomer.nodes[0].id.clone();
+    let started = Instant::now();
+    registry
+        .register(&newcomer, Duration::from_secs(30))
+        .await
+        .expect("register");
+    wait_for(&mut watcher, EventKind::Create, &node).await;
+    let create = started.elapsed();
+    let started = Instant::now();
+    registry.deregister(&newcomer).await.expect("deregister");
+    wait_for(&mut watcher, EventKind::Delete, &node).await;
+    let delete = started.elapsed();
+    drop(watcher);
+
+    clean(&client, &run, lease).await;
+    eprintln!(
+        "scale: {} services x 5 nodes, {:.1} MiB of JSON: fill {filled:?}, \
+         list_services {listing:?}, watch start {watch_start:?}, \
+         watch latency create {create:?} delete {delete:?}",
+        names.len(),
+        bytes as f64 / 1_048_576.0
+    );
+}
+
+/// The registry of issue #17: 5 000 services × 2 nodes, more JSON than one message may hold.
+/// Listing it in one range is refused ("message length too large"), as `list_services` and
+/// every watch of all services used to be.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_over_the_message_limit_lists() {
+    let _serial = SERIAL.lock().await;
+    let registry = EtcdRegistry::connect(&address())
+        .await
+        .expect("etcd registry (run scripts/setup)");
+    let client = raw().await;
+    let run = unique("over-limit");
+    let names = names(&run, 5_000);
+    let (lease, bytes) = fill(&client, &names, 2, 1).await;
+    assert!(
+        bytes > MESSAGE_LIMIT,
+        "the registry must outgrow one message: {bytes} bytes"
+    );
+    let whole = client
+        .clone()
+        .get(REGISTRY_PREFIX, Some(GetOptions::new().with_prefix()))
+        .await;
+
+    let started = Instant::now();
+    let listed = registry.list_services().await;
+    let listing = started.elapsed();
+    let watched = registry.watch(None).await.map(drop);
+    clean(&client, &run, lease).await;
+    eprintln!(
+        "over the limit: {} services x 2 nodes, {:.1} MiB of JSON: list_services {listing:?}",
+        names.len(),
+        bytes as f64 / 1_048_576.0
+    );
+
+    let refused = whole.expect_err("one range of the whole registry is refused");
+    assert!(
+        refused.to_string().contains("message length too large"),
+        "{refused}"
+    );
+    let listed = listed.unwrap_or_else(|e| panic!("list_services: {}", with_causes(&e)));
+    let found = of_run(&listed, &run);
+    assert_eq!(found.len(), names.len(), "every service listed");
+    assert!(
+        found.iter().all(|(_, nodes)| *nodes == 2),
+        "both nodes of each"
+    );
+    watched.unwrap_or_else(|e| panic!("watch(None): {}", with_causes(&e)));
+}
+
+/// Records of 1 MiB of JSON each (as large as etcd's default 1.5 MiB request limit allows): a
+/// page of them outgrows one message long before its 500 keys, and is read in smaller pages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_of_large_records_lists() {
+    let store = EtcdStore::connect(&address())
+        .await
+        .expect("etcd store (run scripts/setup)");
+    let namespace = Namespace::new(unique("scale"), "large");
+    // 768 KiB of bytes is 1 MiB of base64 in the record's envelope.
+    let value = vec![7u8; 768 * 1024];
+    let keys: Vec<String> = (0..5).map(|i| format!("blob-{i}")).collect();
+    for key in &keys {
+        store
+            .write(Record::new(key.as_str(), value.clone()), &namespace)
+            .await
+            .expect("write");
+    }
+
+    let whole = raw()
+        .await
+        .get(
+            format!("{STORE_PREFIX}{}/", namespace.database),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await;
+    let all = Query::prefix().in_namespace(namespace.clone());
+    let listed = store.list("", &all).await;
+    let read = store.read("", &all).await;
+    for key in &keys {
+        store.delete(key, &namespace).await.expect("clean up");
+    }
+
+    let refused = whole.expect_err("one range of the whole table is refused");
+    assert!(
+        refused.to_string().contains("message length too large"),
+        "{refused}"
+    );
+    let listed = listed.unwrap_or_else(|e| panic!("list: {}", with_causes(&e)));
+    assert_eq!(listed, keys);
+    let read = read.unwrap_or_else(|e| panic!("read: {}", with_causes(&e)));
+    assert_eq!(read.len(), keys.len());
+    assert!(
+        read.iter().all(|r| r.value.len() == value.len()),
+        "every record whole"
+    );
+}
