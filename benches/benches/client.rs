@@ -31,7 +31,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{BoxError, Caller, ROUNDS, Stats, direct, measure, print_setup, say_hello};
+use common::{BoxError, Caller, ROUNDS, Stats, callgrind, direct, measure, print_setup, say_hello};
 use micro_core::client::ServiceChannel;
 use micro_core::{Client, Registry};
 use micro_testkit::Greeter;
@@ -70,6 +70,23 @@ async fn main() -> Result<(), BoxError> {
     let _telemetry = micro_core::logging::init_service_with_default("bench-client", "warn");
     let (options, registry, server) = common::start_greeter().await?;
     let address = server.address();
+    if let Some((configuration, calls)) = callgrind::child() {
+        // A run under callgrind: `calls` sequential calls of (a) or (b), then exit.
+        let result = match configuration.as_str() {
+            "a" => {
+                let micro = Client::new(&options, registry).wrap(Identity::new());
+                repeat(
+                    ThroughMicro(GreeterClient::new(micro.channel("greeter"))),
+                    calls,
+                )
+                .await
+            }
+            "b" => repeat(ThroughTonic(direct(address).await?), calls).await,
+            other => Err(format!("no configuration {other:?}")),
+        };
+        server.stop().await?;
+        return result.map_err(Into::into);
+    }
 
     let micro = Client::new(&options, registry).wrap(Identity::new());
     let micro = GreeterClient::new(micro.channel("greeter"));
@@ -104,6 +121,20 @@ async fn main() -> Result<(), BoxError> {
 
     serving.abort();
     server.stop().await?;
+    println!();
+    callgrind::print_ratio(
+        ("a", "micro Client (defaults) + no-op layer"),
+        ("b", "plain tonic Channel"),
+        0.95,
+    );
+    Ok(())
+}
+
+/// `calls` calls of `caller`, one after the other.
+async fn repeat(mut caller: impl Caller, calls: u64) -> Result<(), String> {
+    for _ in 0..calls {
+        caller.call().await?;
+    }
     Ok(())
 }
 

@@ -7,9 +7,20 @@ use std::time::Duration;
 use crate::registry::Service;
 use crate::{Error, Result};
 
+// gRPC's header names, looked up on every call: as constants, a look-up hashes the name
+// without parsing (and validating) a string first.
+/// `grpc-status`: a call's final code, in the trailers (or the headers of a trailers-only answer).
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// `grpc-message`: the status message.
+pub(crate) const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+/// `grpc-timeout`: the caller's deadline.
+pub(crate) const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+/// `x-request-id`: the id the gateway gives each request.
+pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The deadline a gRPC client sent (`grpc-timeout: 100m`), if any.
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let value = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     Some(match unit {

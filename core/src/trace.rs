@@ -13,9 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tonic::body::Body;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -24,13 +23,19 @@ use crate::broker::Message;
 /// The W3C header carrying the trace id, the parent span id and the sampled flag.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The W3C header carrying vendors' trace state, passed on as it came.
+pub const TRACESTATE: &str = "tracestate";
+
+const TRACEPARENT_HEADER: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_HEADER: http::HeaderName = http::HeaderName::from_static(TRACESTATE);
+
 /// The span a server handles one call in, continuing the caller's trace when the request
 /// carries one (its `traceparent` header). Its `trace_id` field puts the trace id on every log
 /// line written inside the call.
 pub fn handler_span(request: &http::Request<Body>, service: &str, node: &str) -> tracing::Span {
     let request_id = request
         .headers()
-        .get("x-request-id")
+        .get(&crate::grpc::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let span = tracing::info_span!(
@@ -59,19 +64,39 @@ fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) {
         return;
     }
     if let Some(traceparent) = carrier.get(TRACEPARENT).map(str::trim)
-        && well_formed(traceparent)
+        && let Some(parent) = remote_parent(traceparent, carrier)
+        // Fails only when no OpenTelemetry layer is installed: nothing to continue then.
+        && span
+            .set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+            .is_ok()
     {
-        let parent = TraceContextPropagator::new().extract(carrier);
-        // An all-zero id extracts to no span: W3C says to start a new trace then, as for a
-        // malformed header. `set_parent` fails only when no OpenTelemetry layer is installed:
-        // nothing to continue then.
-        if parent.span().span_context().is_valid() && span.set_parent(parent).is_ok() {
-            // The trace id is the header's (digits 3..35): no need to ask the span for it.
-            span.record("trace_id", &traceparent[3..35]);
-            return;
-        }
+        // The trace id is the header's (digits 3..35): no need to ask the span for it.
+        span.record("trace_id", &traceparent[3..35]);
+        return;
     }
     record_trace_id(span);
+}
+
+/// The caller's span that `traceparent` (and the carrier's `tracestate`) names, when the header
+/// is well formed and its ids are not all zero (W3C: start a new trace then, as for a malformed
+/// header).
+fn remote_parent(traceparent: &str, carrier: &dyn Extractor) -> Option<SpanContext> {
+    let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
+    // A malformed tracestate is dropped, the trace continued (as the SDK's propagator does).
+    let state = carrier
+        .get(TRACESTATE)
+        .and_then(|state| state.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    // Version 00 defines only the sampled flag.
+    let flags = TraceFlags::new(flags) & TraceFlags::SAMPLED;
+    let parent = SpanContext::new(
+        TraceId::from(trace_id),
+        SpanId::from(span_id),
+        flags,
+        true,
+        state,
+    );
+    parent.is_valid().then_some(parent)
 }
 
 /// Writes the current span's trace context into an outgoing call's headers, replacing any
@@ -93,10 +118,37 @@ fn inject_into(carrier: &mut dyn Injector) {
         return;
     }
     let context = current.context();
-    if !context.span().span_context().is_valid() {
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
         return;
     }
-    TraceContextPropagator::new().inject_context(&context, carrier);
+    carrier.set(TRACEPARENT, traceparent(span_context));
+    let state = span_context.trace_state();
+    if *state != TraceState::NONE {
+        let header = state.header();
+        if !header.is_empty() {
+            carrier.set(TRACESTATE, header);
+        }
+    }
+}
+
+/// `00-<trace id>-<span id>-<flags>` of `span_context`, written without the formatting
+/// machinery: it runs on every outgoing call.
+fn traceparent(span_context: &SpanContext) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut header = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let flags = [(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()];
+    let trace_id = span_context.trace_id().to_bytes();
+    let span_id = span_context.span_id().to_bytes();
+    for (at, bytes) in [(3, &trace_id[..]), (36, &span_id[..]), (53, &flags[..])] {
+        for (i, byte) in bytes.iter().enumerate() {
+            header[at + 2 * i] = DIGITS[usize::from(byte >> 4)];
+            header[at + 2 * i + 1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+    }
+    // ASCII digits and dashes only: always valid UTF-8.
+    String::from_utf8(header.to_vec()).unwrap_or_default()
 }
 
 /// The span a subscriber handles `message` in, continuing the publisher's trace when the
@@ -126,31 +178,37 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
         .then(|| span_context.trace_id().to_string())
 }
 
-/// Whether `traceparent` has the W3C shape: `version-traceid-parentid-flags`, 2, 32, 16 and 2
-/// lowercase hex digits, version `ff` forbidden, and for version `00` nothing after the flags.
-/// (The SDK's propagator pads short ids with zeros, so a truncated header would otherwise be
-/// continued as a different trace.)
-fn well_formed(traceparent: &str) -> bool {
-    let traceparent = traceparent.trim();
-    let hex = |part: &str, len: usize| {
-        part.len() == len
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let mut parts = traceparent.splitn(5, '-');
-    let (Some(version), Some(trace), Some(parent), Some(flags)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let rest = parts.next();
-    hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && (rest.is_none() || version != "00")
+/// The trace id, parent span id and flags of a W3C `traceparent`, when it has the shape
+/// `version-traceid-parentid-flags`: 2, 32, 16 and 2 lowercase hex digits, version `ff`
+/// forbidden, and for version `00` nothing after the flags (a later version may add fields
+/// after another dash). The SDK's propagator pads short ids with zeros, so a truncated header
+/// would be continued as a different trace: checked here, in one pass, as it runs on every call.
+fn parse_traceparent(traceparent: &str) -> Option<(u128, u64, u8)> {
+    let bytes = traceparent.as_bytes();
+    if bytes.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        return None;
+    }
+    let version = hex(&bytes[..2])?;
+    if version == 0xff || (bytes.len() > 55 && (version == 0 || bytes[55] != b'-')) {
+        return None;
+    }
+    Some((
+        hex(&bytes[3..35])?,
+        u64::try_from(hex(&bytes[36..52])?).ok()?,
+        u8::try_from(hex(&bytes[53..55])?).ok()?,
+    ))
+}
+
+/// The value of `digits` (at most 32 lowercase hex digits), or `None` if one is not.
+fn hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |value, &digit| {
+        let digit = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(digit))
+    })
 }
 
 fn record_trace_id(span: &tracing::Span) {
@@ -164,7 +222,13 @@ struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        // Our two names as constants: looked up without parsing the name on every call.
+        let value = match key {
+            TRACEPARENT => self.0.get(&TRACEPARENT_HEADER),
+            TRACESTATE => self.0.get(&TRACESTATE_HEADER),
+            other => self.0.get(other),
+        };
+        value.and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -199,12 +263,14 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // The propagator writes only its own lowercase ASCII names and printable values; a
-        // pair that is not a valid header is skipped rather than sent half-formed.
-        if let (Ok(name), Ok(mut value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
+        // Our two names, known statically (no copy of the name per call); a value that is
+        // not a valid header is skipped rather than sent half-formed.
+        let name = match key {
+            TRACEPARENT => Ok(TRACEPARENT_HEADER),
+            TRACESTATE => Ok(TRACESTATE_HEADER),
+            other => http::HeaderName::from_bytes(other.as_bytes()),
+        };
+        if let (Ok(name), Ok(mut value)) = (name, http::HeaderValue::try_from(value)) {
             // A new value on every call: HTTP/2's header compression would add each one to its
             // table, pushing out the headers that do repeat (content-type, te, grpc-timeout)
             // on both ends. Sensitive values are sent as never-indexed literals instead.
@@ -291,14 +357,70 @@ mod tests {
     }
 
     #[test]
+    fn the_callers_trace_state_goes_on_with_the_trace() {
+        with_layer(|| {
+            let mut request = request(Some(PARENT));
+            request.headers_mut().insert(
+                TRACESTATE,
+                http::HeaderValue::from_static("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            );
+            let span = handler_span(&request, "greeter", "n1");
+            let mut headers = http::HeaderMap::new();
+            span.in_scope(|| inject(&mut headers));
+            assert_eq!(
+                headers.get(TRACESTATE).and_then(|v| v.to_str().ok()),
+                Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+            );
+            let sent = headers.get(TRACEPARENT).expect("traceparent");
+            assert!(
+                sent.is_sensitive(),
+                "a per-call value stays out of HPACK's table"
+            );
+            assert!(
+                parse_traceparent(sent.to_str().expect("ASCII")).is_some(),
+                "{sent:?}"
+            );
+            // Without a tracestate, none is sent.
+            let span = handler_span(&self::request(Some(PARENT)), "greeter", "n1");
+            let mut headers = http::HeaderMap::new();
+            span.in_scope(|| inject(&mut headers));
+            assert!(headers.get(TRACESTATE).is_none());
+        });
+    }
+
+    #[test]
+    fn an_unsampled_caller_is_continued_unsampled() {
+        with_layer(|| {
+            let span = handler_span(
+                &request(Some(
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+                )),
+                "greeter",
+                "n1",
+            );
+            let sent = span.in_scope(injected);
+            assert!(
+                sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && sent.ends_with("-00"),
+                "{sent}"
+            );
+        });
+    }
+
+    #[test]
     fn a_later_version_may_carry_more_fields() {
-        assert!(well_formed(PARENT));
-        assert!(well_formed(
-            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next"
-        ));
-        assert!(!well_formed(
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next"
-        ));
+        assert!(parse_traceparent(PARENT).is_some());
+        assert!(
+            parse_traceparent(
+                "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next"
+            )
+            .is_some()
+        );
+        for bad in [
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01what-comes-next",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

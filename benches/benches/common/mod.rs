@@ -2,6 +2,10 @@
 //! checked `SayHello`, a closed-loop load runner (N concurrent callers for a fixed time after a
 //! warm-up) and the figures it prints.
 
+// Not every bench counts instructions.
+#[allow(dead_code)]
+pub(crate) mod callgrind;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -303,16 +303,17 @@ mod tests {
 
     fn target(id: &str) -> Target {
         let address = format!("127.0.0.1:{}", 1 + id.len());
-        Target {
-            channel: tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                .expect("endpoint")
-                .connect_lazy(),
-            node: Node {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        Target::new(
+            Node {
                 id: id.to_string(),
                 address,
                 metadata: Default::default(),
             },
-        }
+            channel,
+        )
     }
 
     /// A breaker whose probes wait past the end of the test.

@@ -18,7 +18,19 @@ pub(super) const VERSION_METADATA: &str = "version";
 /// A node and the channel to it (connecting lazily, reconnecting by itself).
 pub(super) struct Target {
     pub(super) node: Node,
+    /// The node's id, shared with every call's metrics labels.
+    pub(super) id: Arc<str>,
     pub(super) channel: Channel,
+}
+
+impl Target {
+    pub(super) fn new(node: Node, channel: Channel) -> Self {
+        Target {
+            id: node.id.as_str().into(),
+            node,
+            channel,
+        }
+    }
 }
 
 /// The live nodes of one service and its round-robin position.
@@ -78,7 +90,7 @@ impl Cache {
                         }
                     },
                 };
-                Some(Target { node, channel })
+                Some(Target::new(node, channel))
             })
             .collect();
         services.insert(service.to_string(), Arc::new(Resolved::new(targets)));

@@ -155,9 +155,9 @@ impl Balancer {
 /// What one call needs to know through its attempts.
 struct Call<'a> {
     inner: &'a Inner,
-    service: &'a str,
+    service: &'a Arc<str>,
     /// The gRPC path.
-    path: &'a str,
+    path: &'a Arc<str>,
     deadline: Instant,
     timeout: Duration,
 }
@@ -189,7 +189,7 @@ impl Service<http::Request<Body>> for Balancer {
         let timeout =
             grpc_timeout(request.headers()).map_or(inner.timeout, |t| t.min(inner.timeout));
         let deadline = Instant::now() + timeout;
-        let path = request.uri().path().to_string();
+        let path: Arc<str> = request.uri().path().into();
         let span = tracing::debug_span!("call", service = %service, endpoint = %path);
         Box::pin(tracing::Instrument::instrument(
             async move {
@@ -261,7 +261,7 @@ async fn resolved(
 fn answered(response: &http::Response<Body>) -> Code {
     response
         .headers()
-        .get("grpc-status")
+        .get(&crate::grpc::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map_or(Code::Ok, Code::from_i32)
@@ -283,7 +283,7 @@ async fn send(
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, Failed> {
     let (inner, service) = (call.inner, call.service);
-    let record = crate::metrics::client_call(service, call.path, &target.node.id);
+    let record = crate::metrics::client_call(service.clone(), call.path.clone(), target.id.clone());
     let started = Instant::now();
     let unresponsive = |record: crate::metrics::ClientCall| {
         record.failed(Code::DeadlineExceeded);

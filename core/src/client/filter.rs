@@ -113,6 +113,7 @@ impl Filter {
                 .filter(|t| self.passes(t))
                 .map(|t| Target {
                     node: t.node.clone(),
+                    id: t.id.clone(),
                     channel: t.channel.clone(),
                 })
                 .collect();
@@ -226,8 +227,8 @@ mod tests {
     use tonic::transport::Endpoint;
 
     fn target(id: &str, version: &str, zone: &str) -> Target {
-        Target {
-            node: Node {
+        Target::new(
+            Node {
                 id: id.into(),
                 address: format!("127.0.0.1:{}", 1000 + id.len()),
                 metadata: [
@@ -236,8 +237,8 @@ mod tests {
                 ]
                 .into(),
             },
-            channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
-        }
+            Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+        )
     }
 
     fn resolved() -> Arc<Resolved> {

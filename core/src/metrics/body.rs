@@ -25,9 +25,9 @@ enum Side {
         endpoint: String,
     },
     Client {
-        service: String,
-        endpoint: String,
-        node: String,
+        service: Arc<str>,
+        endpoint: Arc<str>,
+        node: Arc<str>,
     },
 }
 
@@ -47,14 +47,14 @@ impl Recording {
         }
     }
 
-    /// A call of `endpoint` sent to `node` of `service`.
-    pub(crate) fn client(service: &str, endpoint: &str, node: &str) -> Self {
+    /// A call of `endpoint` sent to `node` of `service` (shared names: no copy per call).
+    pub(crate) fn client(service: Arc<str>, endpoint: Arc<str>, node: Arc<str>) -> Self {
         Recording {
             started: Instant::now(),
             side: Some(Side::Client {
-                service: service.to_string(),
-                endpoint: endpoint.to_string(),
-                node: node.to_string(),
+                service,
+                endpoint,
+                node,
             }),
         }
     }
@@ -106,7 +106,7 @@ pub(crate) fn observe(
         // Trailers-only: the status is in the headers and there is no body to wait for. Tonic's
         // router and generated services answer a method they do not have with a bare
         // UNIMPLEMENTED (no message); a handler's own UNIMPLEMENTED carries its message.
-        let message = response.headers().get("grpc-message");
+        let message = response.headers().get(&crate::grpc::GRPC_MESSAGE);
         if code == Code::Unimplemented && message.is_none_or(|m| m.is_empty()) {
             recording.unknown_endpoint();
         }
@@ -135,7 +135,7 @@ pub(crate) fn observe(
 
 /// The `grpc-status` in `headers` (response headers or trailers).
 fn status_code(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    let value = headers.get(&crate::grpc::GRPC_STATUS)?.to_str().ok()?;
     value.trim().parse::<i32>().ok().map(Code::from)
 }
 

@@ -187,7 +187,7 @@ impl Service<http::Request<Body>> for Counted {
 pub(crate) struct ClientCall(Recording);
 
 /// Starts recording a call of `endpoint` (its gRPC path) on `node` of `service`.
-pub(crate) fn client_call(service: &str, endpoint: &str, node: &str) -> ClientCall {
+pub(crate) fn client_call(service: Arc<str>, endpoint: Arc<str>, node: Arc<str>) -> ClientCall {
     ClientCall(Recording::client(service, endpoint, node))
 }
 

@@ -175,15 +175,20 @@ async fn a_handler_dropped_before_it_answers_is_cancelled_and_leaves_no_call_in_
 #[tokio::test]
 async fn client_calls_are_counted_by_node_with_the_code_they_end_with() {
     let (service, endpoint) = ("metrics-test-client", "/t.S/Call");
-    let response = client_call(service, endpoint, "node-a").response(streamed(14));
+    let response =
+        client_call(service.into(), endpoint.into(), "node-a".into()).response(streamed(14));
     response.into_body().collect().await.expect("the body");
-    client_call(service, endpoint, "node-a")
+    client_call(service.into(), endpoint.into(), "node-a".into())
         .response(trailers_only(tonic::Code::NotFound, "no such thing"));
-    client_call(service, endpoint, "node-b").failed(tonic::Code::Unavailable);
+    client_call(service.into(), endpoint.into(), "node-b".into()).failed(tonic::Code::Unavailable);
     let mut not_grpc = http::Response::new(Body::empty());
     *not_grpc.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    client_call(service, endpoint, "node-b").response(not_grpc);
-    drop(client_call(service, endpoint, "node-c"));
+    client_call(service.into(), endpoint.into(), "node-b".into()).response(not_grpc);
+    drop(client_call(
+        service.into(),
+        endpoint.into(),
+        "node-c".into(),
+    ));
     retried(service);
     ejected(service, "node-b");
     recovered(service, "node-b");
