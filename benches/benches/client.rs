@@ -11,12 +11,14 @@
 //! - **(b)** a plain `tonic::transport::Channel` to the same address (the baseline).
 //!
 //! The process installs micro's log and trace subscriber as every binary does
-//! (`logging::init_service`: the OpenTelemetry layer, no exporter) and each call is made inside
-//! a `caller` span on both sides, as a handler calling another service would: (a) pays for
-//! carrying the trace on, (b) does not carry it.
+//! (`logging::init_service`; no exporter, so the propagation layer keeps span ids) and each call
+//! is made inside a `caller` span on both sides, as a handler calling another service would: (a)
+//! pays for carrying the trace on, (b) does not carry it.
 //!
 //! Prints calls/s, p50 and p99 for each and the throughput ratio a/b (target ≥ 0.95: discovery
-//! costs at most 5%). Both use one HTTP/2 connection (TCP_NODELAY) shared by all callers.
+//! costs at most 5%). Both use one HTTP/2 connection (TCP_NODELAY) shared by all callers. Then
+//! instructions per call of (a) and (b) under callgrind and their ratio b/a: the figure that
+//! repeats on a noisy machine (see `common/callgrind.rs`; skipped without valgrind).
 //!
 //! A **control** pair (a', b') then repeats the comparison against the same greeter served by a
 //! bare `tonic::transport::Server` whose accepted sockets have TCP_NODELAY (registered by hand in

@@ -9,9 +9,11 @@
 //! nothing. With the `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, they are exported over
 //! OTLP/gRPC in batches (`OTEL_BSP_*`), as service `OTEL_SERVICE_NAME` (default: the name given
 //! to [`init_service`]), sampled as `OTEL_TRACES_SAMPLER` says (default: parent-based, always
-//! on). Without it nothing is exported and no exporter runs. `OTEL_SDK_DISABLED=true` leaves the
-//! OpenTelemetry layer out altogether: no trace context is carried or logged, and spans cost what
-//! they cost a plain `tracing` subscriber.
+//! on). Without it nothing is exported and no OpenTelemetry span is built: micro's
+//! [`PropagationLayer`](crate::trace::PropagationLayer) gives spans their ids (a caller's trace
+//! continued, a new sampled one at a root), which is all that passing a trace on and logging its
+//! id need. `OTEL_SDK_DISABLED=true` leaves trace context out altogether: none is carried or
+//! logged, and spans cost what they cost a plain `tracing` subscriber.
 
 use std::io::IsTerminal;
 
@@ -79,12 +81,28 @@ fn install(name: &str, level: &str) -> Telemetry {
         Ok(exporter) => (exporter, None),
         Err(problem) => (None, Some(problem)),
     };
-    let exporting = exporter.is_some();
-    let provider = provider(name, exporter);
     // Spans only (events would become span events: a copy of every log line in every span),
-    // at info and above whatever RUST_LOG says, and none of the layer's optional extras
-    // (source location, thread, busy/idle timings, the thread-local OTel context): each is
-    // work on every call that only an exporter would see.
+    // at info and above whatever RUST_LOG says.
+    let spans = || {
+        tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() && *meta.level() <= tracing::Level::INFO
+        })
+    };
+    let Some(exporter) = exporter else {
+        // Nothing to export to: spans get their trace context from micro's own layer, which
+        // keeps the ids and builds no OpenTelemetry span only to drop it.
+        let _ = tracing_subscriber::registry()
+            .with(fmt)
+            .with(crate::trace::PropagationLayer.with_filter(spans()))
+            .try_init();
+        if let Some(problem) = problem {
+            tracing::warn!("spans are not exported: {problem}");
+        }
+        return Telemetry { provider: None };
+    };
+    let provider = provider(name, exporter);
+    // None of the layer's optional extras (source location, thread, busy/idle timings, the
+    // thread-local OTel context): each is work on every call that the exporter does not need.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("micro"))
         .with_location(false)
@@ -92,17 +110,13 @@ fn install(name: &str, level: &str) -> Telemetry {
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_context_activation(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            meta.is_span() && *meta.level() <= tracing::Level::INFO
-        }));
+        .with_filter(spans());
     let installed = tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
         .try_init()
         .is_ok();
-    if let Some(problem) = problem {
-        tracing::warn!("spans are not exported: {problem}");
-    } else if exporting && installed {
+    if installed {
         tracing::debug!(service = %service_name(name), "exporting spans over OTLP");
     }
     Telemetry {
@@ -110,21 +124,23 @@ fn install(name: &str, level: &str) -> Telemetry {
     }
 }
 
-/// The tracer provider: ids, sampling (`OTEL_TRACES_SAMPLER`) and, when given, the exporter.
-fn provider(name: &str, exporter: Option<Exporter>) -> SdkTracerProvider {
-    let builder = SdkTracerProvider::builder().with_resource(
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name(service_name(name))
-            .build(),
-    );
-    #[cfg(feature = "otlp")]
-    let builder = match exporter {
-        Some(exporter) => builder.with_batch_exporter(exporter),
-        None => builder,
-    };
-    #[cfg(not(feature = "otlp"))]
-    let _: Option<Exporter> = exporter;
-    builder.build()
+/// The tracer provider: ids, sampling (`OTEL_TRACES_SAMPLER`) and the exporter.
+#[cfg(feature = "otlp")]
+fn provider(name: &str, exporter: Exporter) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service_name(name))
+                .build(),
+        )
+        .with_batch_exporter(exporter)
+        .build()
+}
+
+/// Without the `otlp` feature there is never an exporter to build a provider for.
+#[cfg(not(feature = "otlp"))]
+fn provider(_name: &str, exporter: Exporter) -> SdkTracerProvider {
+    match exporter {}
 }
 
 /// `OTEL_SDK_DISABLED=true`: no OpenTelemetry layer at all.

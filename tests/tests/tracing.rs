@@ -3,7 +3,7 @@
 //! receiver (`OTEL_EXPORTER_OTLP_ENDPOINT`); one HTTP call makes one trace across the three, each
 //! hop the child of the one before, and the message the relay publishes on NATS carries it in
 //! its `traceparent` header. A client's `traceparent` is continued by the gateway; a malformed
-//! one is ignored.
+//! one is ignored; processes that export nothing still pass the trace on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -327,4 +327,79 @@ fn a_stopping_service_sends_the_spans_it_still_holds() {
             && s.attributes.get("request_id").map(String::as_str) == Some("last-call")),
         "the last call's span was sent at exit: {spans:#?}"
     );
+}
+
+#[test]
+fn without_an_exporter_the_trace_still_goes_from_hop_to_hop() {
+    // The gateway and the relay export nothing (micro's propagation layer keeps their ids);
+    // the greeter behind them exports: its span must be in the client's trace, the child of a
+    // span of the relay's rather than of the client's, and the relay's message must carry the
+    // trace on.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let receiver = runtime.block_on(OtlpReceiver::start());
+    let topic = format!("greeted.{:08x}", fastrand::u32(..));
+    let (subscriber, collected) = runtime.block_on(async {
+        let broker: Arc<dyn Broker> = Arc::new(
+            micro_nats::NatsBroker::connect("")
+                .await
+                .expect("NATS on 127.0.0.1:4222 (scripts/setup starts it)"),
+        );
+        let (handler, collected) = micro_testkit::collecting();
+        let subscription = broker
+            .subscribe(&topic, handler, SubscribeOptions::default())
+            .await
+            .expect("subscribe");
+        (subscription, collected)
+    });
+    let gateway = start_gateway(&[]);
+    let _greeter = start_service(GREETER, &gateway, &[], &otel_env(&receiver));
+    let _relay = start_service(
+        RELAY,
+        &gateway,
+        &["--broker", "nats", "--topic", &topic],
+        &[],
+    );
+    wait_for(&gateway, RELAY);
+
+    let trace_id = format!("{:016x}{:016x}", fastrand::u64(1..), fastrand::u64(..));
+    let parent = format!("{:016x}", fastrand::u64(1..));
+    let header = format!("traceparent: 00-{trace_id}-{parent}-01\r\n");
+    let response = say_hello(&gateway, RELAY, "unexported", &header);
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    let greeter_in_trace = || {
+        receiver
+            .trace(&trace_id)
+            .into_iter()
+            .find(|s| s.service == GREETER && s.name == "handle")
+    };
+    wait_until(
+        EXPORTED,
+        "the greeter's handle span in the client's trace",
+        || greeter_in_trace().is_some(),
+    );
+    let greeter_handle = greeter_in_trace().expect("found above");
+    assert_eq!(
+        greeter_handle.parent_span_id.len(),
+        16,
+        "{greeter_handle:?}"
+    );
+    assert_ne!(
+        greeter_handle.parent_span_id, parent,
+        "the greeter's parent is the relay's span, not the client's: {greeter_handle:?}"
+    );
+    assert!(
+        receiver.spans().iter().all(|s| s.service == GREETER),
+        "only the greeter exports: {:?}",
+        receiver.spans()
+    );
+
+    wait_until(EXPORTED, "the relay's message of the call on NATS", || {
+        collected.messages().iter().any(|m| {
+            m.header
+                .get("traceparent")
+                .is_some_and(|t| t.contains(&trace_id))
+        })
+    });
+    runtime.block_on(async { subscriber.unsubscribe().await.expect("unsubscribe") });
 }

@@ -7,9 +7,15 @@
 //! ([`inject_message`]) and its delivery continues it ([`message_span`]). The gateway continues
 //! an HTTP client's trace the same way ([`continue_trace`]).
 //!
-//! The span ids come from the OpenTelemetry layer that [`crate::logging`] installs. Without it
-//! (a library user with a subscriber of their own) these functions carry nothing and cost a
-//! lookup: a trace is never invented where nobody can see it.
+//! The span ids come from the layer [`crate::logging`] installs: OpenTelemetry's when spans are
+//! exported, else micro's [`PropagationLayer`], which keeps only the ids. A library user with a
+//! subscriber of their own gets them from OpenTelemetry's layer if it has one; without either,
+//! these functions carry nothing and cost a lookup: a trace is never invented where nobody can
+//! see it.
+
+mod layer;
+
+pub use layer::PropagationLayer;
 
 use std::collections::BTreeMap;
 
@@ -65,10 +71,8 @@ fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) {
     }
     if let Some(traceparent) = carrier.get(TRACEPARENT).map(str::trim)
         && let Some(parent) = remote_parent(traceparent, carrier)
-        // Fails only when no OpenTelemetry layer is installed: nothing to continue then.
-        && span
-            .set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
-            .is_ok()
+        // Fails only when no layer keeps trace context: nothing to continue then.
+        && set_parent(span, parent)
     {
         // The trace id is the header's (digits 3..35): no need to ask the span for it.
         span.record("trace_id", &traceparent[3..35]);
@@ -113,17 +117,10 @@ pub fn inject_message(message: &mut Message) {
 
 /// Writes the current span's context into `carrier`, when there is one.
 fn inject_into(carrier: &mut dyn Injector) {
-    let current = tracing::Span::current();
-    if current.is_disabled() {
+    let Some(span_context) = span_context(&tracing::Span::current()) else {
         return;
-    }
-    let context = current.context();
-    let span = context.span();
-    let span_context = span.span_context();
-    if !span_context.is_valid() {
-        return;
-    }
-    carrier.set(TRACEPARENT, traceparent(span_context));
+    };
+    carrier.set(TRACEPARENT, traceparent(&span_context));
     let state = span_context.trace_state();
     if *state != TraceState::NONE {
         let header = state.header();
@@ -167,15 +164,36 @@ pub fn message_span(topic: &str, message: &Message) -> tracing::Span {
 /// The trace id of `span` as 32 lowercase hex digits, or `None` when it has no trace context
 /// (no OpenTelemetry layer installed, or the span is disabled).
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    span_context(span).map(|context| context.trace_id().to_string())
+}
+
+/// The trace context of `span`, from whichever layer keeps it.
+fn span_context(span: &tracing::Span) -> Option<SpanContext> {
     if span.is_disabled() {
         return None;
     }
+    if let Some(own) = span
+        .with_subscriber(|(id, dispatch)| layer::context(dispatch, id))
+        .flatten()
+    {
+        return Some(own);
+    }
     let context = span.context();
-    let span_ref = context.span();
-    let span_context = span_ref.span_context();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
+/// Makes `span` (not yet entered) part of `parent`'s trace, in whichever layer keeps trace
+/// context: false when none does.
+fn set_parent(span: &tracing::Span, parent: SpanContext) -> bool {
+    let own = span
+        .with_subscriber(|(id, dispatch)| layer::set_parent(dispatch, id, &parent))
+        .unwrap_or(false);
+    own || OpenTelemetrySpanExt::set_parent(
+        span,
+        opentelemetry::Context::new().with_remote_span_context(parent),
+    )
+    .is_ok()
 }
 
 /// The trace id, parent span id and flags of a W3C `traceparent`, when it has the shape
@@ -284,15 +302,64 @@ impl Injector for HeaderInjector<'_> {
 mod tests {
     use super::*;
     use opentelemetry::trace::TracerProvider;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
 
     const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-    fn with_layer(test: impl FnOnce()) {
+    /// Runs `test` with each layer that keeps trace context: OpenTelemetry's (spans exported)
+    /// and micro's own (nothing exported), filtered to info spans as `logging` installs them.
+    fn with_layer(test: impl Fn()) {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
+        let exporting = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, test);
+        tracing::subscriber::with_default(exporting, &test);
+        let propagating = tracing_subscriber::registry().with(PropagationLayer.with_filter(
+            tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && *meta.level() <= tracing::Level::INFO
+            }),
+        ));
+        tracing::subscriber::with_default(propagating, &test);
+    }
+
+    #[test]
+    fn a_call_made_in_a_span_the_layer_does_not_see_carries_the_enclosing_trace() {
+        // The debug span exists (logs at debug are on) but is not the propagation layer's.
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+            .with(
+                PropagationLayer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                    *meta.level() <= tracing::Level::INFO
+                })),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = handler_span(&request(Some(PARENT)), "greeter", "n1");
+            let inner = span.in_scope(|| tracing::debug_span!("detail"));
+            let sent = inner.in_scope(injected);
+            assert!(
+                sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+                "{sent}"
+            );
+            assert_eq!(trace_id(&inner), trace_id(&span));
+        });
+    }
+
+    #[test]
+    fn each_span_has_its_own_id_and_a_root_starts_a_new_trace() {
+        with_layer(|| {
+            let first = tracing::info_span!("root");
+            let second = tracing::info_span!("root");
+            assert_ne!(trace_id(&first), trace_id(&second));
+            let child = first.in_scope(|| tracing::info_span!("child"));
+            assert_eq!(trace_id(&child), trace_id(&first));
+            let (from_first, from_child) = (first.in_scope(injected), child.in_scope(injected));
+            assert_eq!(from_first[..36], from_child[..36], "one trace");
+            assert_ne!(from_first[36..52], from_child[36..52], "two span ids");
+            assert!(
+                from_first.ends_with("-01"),
+                "a new trace is sampled: {from_first}"
+            );
+        });
     }
 
     fn request(traceparent: Option<&str>) -> http::Request<Body> {
