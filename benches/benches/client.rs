@@ -124,10 +124,18 @@ async fn main() -> Result<(), BoxError> {
     serving.abort();
     server.stop().await?;
     println!();
-    callgrind::print_ratio(
-        ("a", "micro Client (defaults) + no-op layer"),
-        ("b", "plain tonic Channel"),
+    callgrind::print(
+        "call",
+        &[
+            (
+                "(a) micro Client (defaults) + no-op layer",
+                callgrind::per_call_in_child("a"),
+            ),
+            ("(b) plain tonic Channel", callgrind::per_call_in_child("b")),
+        ],
+        ("b/a", |counts| counts[1] / counts[0]),
         0.95,
+        true,
     );
     Ok(())
 }

@@ -25,7 +25,10 @@
 //!
 //! Prints requests/s, p50 and p99 for each, the ratios b/c (throughput, target ≥ 0.9) and b/c
 //! (p99, target ≤ 1.2) at 32 callers, the p50 added by b over a at one caller (target ≤ 150 µs),
-//! and the RSS of both children.
+//! and the RSS of both children. Then instructions per request of the gateway's process and of
+//! the proxy's, each child re-run under callgrind (issue 17: target b/c ≤ 1.0; skipped with a
+//! message where valgrind is missing). The gateway child logs and traces as the `micro-gateway`
+//! binary does (`logging::init_service`, `RUST_LOG` default `info`).
 //!
 //! Run: `cargo bench -p micro-benches --bench gateway`
 
@@ -40,7 +43,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::{BoxError, Caller, ROUNDS, Stats, direct, measure, print_setup, say_hello};
+use common::{BoxError, Caller, ROUNDS, Stats, callgrind, direct, measure, print_setup, say_hello};
 use micro_core::Registry;
 use micro_testkit::greeter::v1::HelloRequest;
 use micro_testkit::greeter::v1::greeter_client::GreeterClient;
@@ -103,7 +106,6 @@ async fn parent() -> Result<(), BoxError> {
 
     let gateway_rss = gateway.stop()?;
     let proxy_rss = proxy.stop()?;
-    server.stop().await?;
 
     println!();
     println!("-- summary");
@@ -146,6 +148,26 @@ async fn parent() -> Result<(), BoxError> {
         proxy_rss.0 as f64 / 1024.0,
         proxy_rss.1 as f64 / 1024.0
     );
+
+    // The gateway's and the proxy's own processes under callgrind (the greeter stays here).
+    println!();
+    callgrind::print(
+        "request",
+        &[
+            (
+                "(b) gateway process",
+                instructions("gateway", &registration).await,
+            ),
+            (
+                "(c) static proxy process",
+                instructions("proxy", &address.to_string()).await,
+            ),
+        ],
+        ("b/c", |counts| counts[0] / counts[1]),
+        1.0,
+        false,
+    );
+    server.stop().await?;
     Ok(())
 }
 
@@ -202,11 +224,27 @@ struct Served {
 impl Served {
     /// Re-runs this binary as `--child <role> <arg>` and reads `<address> <VmRSS kiB>`.
     fn spawn(role: &'static str, arg: &str) -> Result<Served, BoxError> {
-        let mut process = Command::new(std::env::current_exe()?)
+        Self::spawn_with(
+            Command::new(std::env::current_exe()?),
+            role,
+            arg,
+            Stdio::inherit(),
+        )
+    }
+
+    /// [`spawn`](Self::spawn) as `command` runs this binary (under callgrind, say), its stderr
+    /// going to `stderr`.
+    fn spawn_with(
+        mut command: Command,
+        role: &'static str,
+        arg: &str,
+        stderr: Stdio,
+    ) -> Result<Served, BoxError> {
+        let mut process = command
             .args(["--child", role, arg])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()?;
         let stdin = process.stdin.take();
         let mut stdout = BufReader::new(process.stdout.take().ok_or("no child stdout")?);
@@ -250,6 +288,33 @@ impl Drop for Served {
             let _ = self.process.wait();
         }
     }
+}
+
+/// Instructions the `role` child spends per request under callgrind: one keep-alive connection,
+/// [`callgrind::FEW`] and then [`callgrind::MANY`] sequential requests in two runs.
+async fn instructions(role: &'static str, arg: &str) -> Result<f64, String> {
+    let mut totals = Vec::new();
+    for requests in [callgrind::FEW, callgrind::MANY] {
+        let mut child = Served::spawn_with(callgrind::command()?, role, arg, Stdio::piped())
+            .map_err(|e| format!("{role} under callgrind: {e}"))?;
+        let mut caller = HttpCaller::connect(child.address)
+            .await
+            .map_err(|e| format!("{role} under callgrind: {e}"))?;
+        for _ in 0..requests {
+            caller.post().await?;
+        }
+        drop(caller);
+        child
+            .stop()
+            .map_err(|e| format!("{role} under callgrind: {e}"))?;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.process.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr)
+                .map_err(|e| format!("{role}'s stderr: {e}"))?;
+        }
+        totals.push(callgrind::collected(&stderr)?);
+    }
+    callgrind::per_call(totals[0], totals[1])
 }
 
 /// One POST through the HTTP load generator, checking the reply.
@@ -396,6 +461,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 // The children: print `<http address> <VmRSS kiB>`, serve until stdin closes, print VmHWM kiB.
 
 async fn child(role: &str, arg: &str) -> Result<(), BoxError> {
+    // The gateway logs and traces as the `micro-gateway` binary does (the proxy, as a user's
+    // hand-written one might, not at all).
+    let _telemetry = (role == "gateway")
+        .then(|| micro_core::logging::init_service_with_default("micro-gateway", "info"));
     let (address, stop): (SocketAddr, Box<dyn FnOnce() -> StopFuture>) = match role {
         "gateway" => {
             let registration: micro_core::registry::Service = serde_json::from_str(arg)?;
