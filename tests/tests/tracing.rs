@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use micro_core::Broker;
-use micro_core::broker::SubscribeOptions;
+use micro_core::broker::{SubscribeOptions, Subscription};
+use micro_testkit::Collected;
 use micro_testkit::otlp::{OtlpReceiver, ReceivedSpan};
 use micro_testkit::{GatewayProcess, HttpResponse, Process, SHORT_TTL_ARGS, raw_http, wait_until};
 
@@ -77,6 +78,22 @@ fn wait_for(gateway: &GatewayProcess, service: &str) {
     );
 }
 
+/// A plain NATS subscriber on `topic` (not the catalog's observed broker): what any consumer
+/// finds in a message's headers.
+async fn subscribe(topic: &str) -> (Box<dyn Subscription>, Collected) {
+    let broker: Arc<dyn Broker> = Arc::new(
+        micro_nats::NatsBroker::connect("")
+            .await
+            .expect("NATS on 127.0.0.1:4222 (scripts/setup starts it)"),
+    );
+    let (handler, collected) = micro_testkit::collecting();
+    let subscription = broker
+        .subscribe(topic, handler, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    (subscription, collected)
+}
+
 /// The `handle` span of `service` for the call tagged `request_id`, once exported.
 fn handle_span(receiver: &OtlpReceiver, service: &str, request_id: &str) -> ReceivedSpan {
     let find = || {
@@ -130,21 +147,7 @@ fn one_trace_from_the_gateway_through_relay_and_greeter_and_the_message_it_publi
     let receiver = runtime.block_on(OtlpReceiver::start());
     let env = otel_env(&receiver);
     let topic = format!("greeted.{:08x}", fastrand::u32(..));
-    // The message is received by a plain NATS subscriber (not the catalog's observed broker):
-    // what any consumer finds in the headers.
-    let (subscriber, collected) = runtime.block_on(async {
-        let broker: Arc<dyn Broker> = Arc::new(
-            micro_nats::NatsBroker::connect("")
-                .await
-                .expect("NATS on 127.0.0.1:4222 (scripts/setup starts it)"),
-        );
-        let (handler, collected) = micro_testkit::collecting();
-        let subscription = broker
-            .subscribe(&topic, handler, SubscribeOptions::default())
-            .await
-            .expect("subscribe");
-        (subscription, collected)
-    });
+    let (subscriber, collected) = runtime.block_on(subscribe(&topic));
 
     let gateway = start_gateway(&env);
     let _greeter = start_service(GREETER, &gateway, &[], &env);
@@ -338,19 +341,7 @@ fn without_an_exporter_the_trace_still_goes_from_hop_to_hop() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let receiver = runtime.block_on(OtlpReceiver::start());
     let topic = format!("greeted.{:08x}", fastrand::u32(..));
-    let (subscriber, collected) = runtime.block_on(async {
-        let broker: Arc<dyn Broker> = Arc::new(
-            micro_nats::NatsBroker::connect("")
-                .await
-                .expect("NATS on 127.0.0.1:4222 (scripts/setup starts it)"),
-        );
-        let (handler, collected) = micro_testkit::collecting();
-        let subscription = broker
-            .subscribe(&topic, handler, SubscribeOptions::default())
-            .await
-            .expect("subscribe");
-        (subscription, collected)
-    });
+    let (subscriber, collected) = runtime.block_on(subscribe(&topic));
     let gateway = start_gateway(&[]);
     let _greeter = start_service(GREETER, &gateway, &[], &otel_env(&receiver));
     let _relay = start_service(
