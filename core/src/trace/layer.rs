@@ -3,12 +3,13 @@
 //!
 //! Without an exporter an OpenTelemetry span is built only to be dropped: `tracing-opentelemetry`
 //! records every field as an attribute, the SDK samples, builds and ends the span, and exiting a
-//! span takes a lock and the time, ~14 000 instructions per span measured with callgrind (the
-//! client bench). What a process without an exporter needs is the ids: to pass the trace on to
-//! the services it calls and to put `trace_id` on its log lines. This layer keeps just those, in
-//! the same [`SpanContext`] form the OpenTelemetry layer would, for well under a tenth of the
-//! cost. [`crate::logging`] installs it instead of the OpenTelemetry layer when no exporter is
-//! configured.
+//! span takes a lock and the time. Measured with callgrind (the client bench), a span cost ~14 000
+//! instructions more than a disabled one with that layer, ~6 500 with this one — what is left is
+//! an enabled span in `tracing-subscriber`'s registry; this layer's own work is a few hundred.
+//! What a process without an exporter needs is the ids: to pass the trace on to the services it
+//! calls and to put `trace_id` on its log lines. This layer keeps just those, in the same
+//! [`SpanContext`] form the OpenTelemetry layer would. [`crate::logging`] installs it instead of
+//! the OpenTelemetry layer when no exporter is configured.
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use tracing::span::{Attributes, Id};
