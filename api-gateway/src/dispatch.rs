@@ -43,7 +43,16 @@ pub(crate) async fn dispatch(
     // In flight until this request is answered (a stream's body is counted by its own record).
     let _in_flight = state.metrics.in_flight();
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), service = tracing::field::Empty, endpoint = tracing::field::Empty, request_id = tracing::field::Empty, trace_id = tracing::field::Empty, otel.kind = "server");
+    let span = tracing::info_span!(
+        "http",
+        method = request.method().as_str(),
+        path = request.uri().path(),
+        service = tracing::field::Empty,
+        endpoint = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        otel.kind = "server"
+    );
     // The client's `traceparent` (W3C) continued, or a new trace; the call's span goes on in it.
     micro_core::trace::continue_trace(&span, request.headers());
     let answer = async {
@@ -133,21 +142,13 @@ async fn route(state: &GatewayState, request: Request) -> Result<Routed, ApiErro
             if let Some(auth) = &state.auth {
                 auth.describe(request.headers(), None).await?;
             }
-            let mut names: Vec<String> = state
-                .registry
-                .list_services()
-                .await
-                .map_err(registry_down)?
-                .into_iter()
-                .map(|s| s.name)
-                .collect();
-            names.dedup();
+            let names = state.registry.list_names().await.map_err(registry_down)?;
             json(serde_json::json!({ "services": names }))
         }
         Target::Health => {
             only(Method::GET, "GET")?;
             let reachable = matches!(
-                tokio::time::timeout(Duration::from_secs(1), state.registry.list_services()).await,
+                tokio::time::timeout(Duration::from_secs(1), state.registry.list_names()).await,
                 Ok(Ok(_))
             );
             json(

@@ -55,6 +55,10 @@ struct Cached {
     rules: Option<Arc<Vec<Rule>>>,
     /// Whether every registered service is in it.
     complete: bool,
+    /// The service names it was built for. Schemas watch only their own service, so a service
+    /// registered since is noticed here: the names are listed again on every request (keys
+    /// only, cheap) and a different list means a new document.
+    listed: Vec<String>,
     built: Instant,
 }
 
@@ -82,18 +86,26 @@ pub(crate) async fn document(
 async fn cached(state: &GatewayState, service: Option<&str>) -> Result<Arc<Cached>, ApiError> {
     let key = format!("openapi.json {}", service.unwrap_or("*"));
     let rules = state.auth.as_ref().map(|auth| auth.rules());
+    let listed = match service {
+        Some(service) => vec![service.to_string()],
+        None => routable_names(state).await?,
+    };
     if let Some(cached) = state.schemas.derived::<Cached>(&key) {
         let same_rules = match (&cached.rules, &rules) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         };
-        if same_rules && (cached.complete || cached.built.elapsed() < INCOMPLETE_TTL) {
+        if same_rules
+            && cached.listed == listed
+            && (cached.complete || cached.built.elapsed() < INCOMPLETE_TTL)
+        {
             return Ok(cached);
         }
     }
     let generation = state.schemas.generation();
-    let (built, complete) = build(state, service, rules.as_ref().map(|r| r.as_slice())).await?;
+    let rules_now = rules.as_ref().map(|r| r.as_slice());
+    let (built, complete) = build(state, &listed, service.is_some(), rules_now).await?;
     let cached = Arc::new(Cached {
         body: built.document.to_string(),
         document: built.document,
@@ -101,6 +113,7 @@ async fn cached(state: &GatewayState, service: Option<&str>) -> Result<Arc<Cache
         websocket_only: built.websocket_only,
         rules,
         complete,
+        listed,
         built: Instant::now(),
     });
     state.schemas.keep(&key, generation, cached.clone());
@@ -218,52 +231,43 @@ struct Built {
     websocket_only: Vec<(String, String)>,
 }
 
-/// The document, and whether every service it should describe is in it.
+/// Every registered name a path can carry, sorted: the services `/openapi.json` describes.
+async fn routable_names(state: &GatewayState) -> Result<Vec<String>, ApiError> {
+    let mut names = state.registry.list_names().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            tonic::Code::Unavailable,
+            format!("the registry cannot be read: {e}"),
+        )
+    })?;
+    names.retain(|name| {
+        let routable = !matches!(name.as_str(), "" | "." | "..")
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !routable {
+            tracing::debug!(service = %name, "left out of /openapi.json: not routable by path");
+        }
+        routable
+    });
+    Ok(names)
+}
+
+/// The document of the services `names` (one service's own document when `only`), and whether
+/// every one of them is in it.
 async fn build(
     state: &GatewayState,
-    only: Option<&str>,
+    names: &[String],
+    only: bool,
     rules: Option<&[Rule]>,
 ) -> Result<(Built, bool), ApiError> {
-    let names: Vec<String> = match only {
-        Some(service) => vec![service.to_string()],
-        None => {
-            let mut names: Vec<String> = state
-                .registry
-                .list_services()
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        tonic::Code::Unavailable,
-                        format!("the registry cannot be read: {e}"),
-                    )
-                })?
-                .into_iter()
-                .map(|s| s.name)
-                .collect();
-            // A name the paths cannot carry is not routable, so not described.
-            names.retain(|name| {
-                let routable = !matches!(name.as_str(), "" | "." | "..")
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-                if !routable {
-                    tracing::debug!(service = %name, "left out of /openapi.json: not routable by path");
-                }
-                routable
-            });
-            names.sort();
-            names.dedup();
-            names
-        }
-    };
     let fetched = futures::future::join_all(names.iter().map(|name| state.schemas.get(name))).await;
     let mut complete = true;
     let mut schemas = Vec::with_capacity(names.len());
     for (name, result) in names.iter().zip(fetched) {
         match result {
             Ok(schema) => schemas.push((name.as_str(), schema)),
-            Err(error) if only.is_some() => return Err(error),
+            Err(error) if only => return Err(error),
             Err(error) => {
                 tracing::warn!(service = %name, error = %error.message, "left out of /openapi.json: its descriptors cannot be fetched");
                 complete = false;

@@ -66,7 +66,7 @@ pub(crate) async fn ready(registry: &dyn Registry, required: &[String]) -> Respo
 /// The required services without a serving node; an error when the registry cannot be read.
 async fn check(registry: &dyn Registry, required: &[String]) -> micro_core::Result<Vec<String>> {
     // Asked even with nothing required: ready means the registry answers.
-    registry.list_services().await?;
+    registry.list_names().await?;
     let found =
         futures::future::join_all(required.iter().map(|name| registry.get_service(name))).await;
     let mut missing = Vec::new();

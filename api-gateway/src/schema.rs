@@ -1,11 +1,15 @@
 //! Descriptors per registered service: fetched by reflection from a live node on first use,
 //! kept until the registry reports a change to that service. What is built from them (the
 //! OpenAPI documents) is kept beside them and dropped with any of them.
+//!
+//! Each kept schema watches its own service, and only while it is kept: the gateway follows the
+//! services it routes to, never the whole registry (at 100 000 nodes a whole-registry watch
+//! held a decoded copy of every record, over a gigabyte).
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -13,6 +17,7 @@ use prost_reflect::ServiceDescriptor;
 use tokio::sync::OnceCell;
 
 use micro_core::client::{Filter, ServiceChannel};
+use micro_core::registry::Watcher;
 use micro_core::{Client, Registry};
 
 use crate::error::ApiError;
@@ -32,6 +37,18 @@ pub(crate) struct Schema {
     /// Channels to one version (`Micro-Version`), made on first use and dropped with the schema
     /// on any registry change to the service.
     versions: Mutex<HashMap<String, ServiceChannel>>,
+    /// The task watching the service for changes, stopped with the schema. Set once the schema
+    /// is built: the task holds only a weak reference, which must already upgrade.
+    watch: std::sync::OnceLock<StopOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct StopOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// At most this many versions of one service get a kept channel: versions come from requests,
@@ -60,6 +77,8 @@ type Derived = Arc<dyn Any + Send + Sync>;
 
 /// The cache, shared by every request.
 pub(crate) struct Schemas {
+    /// Itself, for the watch tasks of its schemas.
+    me: Weak<Schemas>,
     registry: Arc<dyn Registry>,
     client: Client,
     entries: Mutex<HashMap<String, Entry>>,
@@ -72,15 +91,14 @@ pub(crate) struct Schemas {
 impl Schemas {
     /// An empty cache resolving through `registry` and calling through `client`.
     pub(crate) fn new(registry: Arc<dyn Registry>, client: Client) -> Arc<Self> {
-        let schemas = Arc::new(Schemas {
+        Arc::new_cyclic(|me| Schemas {
+            me: me.clone(),
             registry,
             client,
             entries: Mutex::default(),
             generation: AtomicU64::new(0),
             derived: Mutex::default(),
-        });
-        tokio::spawn(invalidate_on_change(Arc::downgrade(&schemas)));
-        schemas
+        })
     }
 
     /// The schema of `service`; concurrent first requests share one fetch.
@@ -100,6 +118,18 @@ impl Schemas {
     pub(crate) fn forget(&self, service: &str) {
         self.lock().remove(service);
         self.invalidate_derived();
+    }
+
+    /// Drops `schema` if it is still the one kept for its service (a late event of a schema
+    /// dropped before must not drop its successor).
+    fn forget_schema(&self, schema: &Arc<Schema>) {
+        let mut entries = self.lock();
+        let current = entries.get(&schema.name).and_then(|entry| entry.get());
+        if current.is_some_and(|current| Arc::ptr_eq(current, schema)) {
+            entries.remove(&schema.name);
+            drop(entries);
+            self.invalidate_derived();
+        }
     }
 
     /// The current generation: it changes whenever a schema is dropped. Read it before
@@ -135,13 +165,24 @@ impl Schemas {
     }
 
     async fn fetch(&self, service: &str) -> Result<Arc<Schema>, ApiError> {
-        let registered = self.registry.get_service(service).await.map_err(|e| {
+        let unavailable = |e: micro_core::Error| {
             ApiError::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 tonic::Code::Unavailable,
                 format!("the registry cannot be read: {e}"),
             )
-        })?;
+        };
+        // Watched before it is read, so that no change between the two is missed.
+        let watcher = self
+            .registry
+            .watch(Some(service))
+            .await
+            .map_err(unavailable)?;
+        let registered = self
+            .registry
+            .get_service(service)
+            .await
+            .map_err(unavailable)?;
         if registered.is_empty() {
             return Err(ApiError::not_found(format!("unknown service `{service}`")));
         }
@@ -178,14 +219,18 @@ impl Schemas {
             .filter_map(|n| pool.get_service_by_name(n))
             .collect();
         tracing::info!(%service, grpc_services = ?names, "descriptors fetched by reflection");
-        Ok(Arc::new(Schema {
+        let schema = Arc::new(Schema {
             channel: self.client.channel(service),
             name: service.to_string(),
             client: self.client.clone(),
             versions: Mutex::default(),
             services,
             fetched: Instant::now(),
-        }))
+            watch: std::sync::OnceLock::new(),
+        });
+        let task = forget_on_change(self.me.clone(), Arc::downgrade(&schema), watcher);
+        let _ = schema.watch.set(StopOnDrop(tokio::spawn(task)));
+        Ok(schema)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -193,38 +238,23 @@ impl Schemas {
     }
 }
 
-/// Watches every service and drops its schema on any change; on a watch failure drops all and
-/// watches again.
-async fn invalidate_on_change(schemas: std::sync::Weak<Schemas>) {
-    loop {
-        let Some(registry) = schemas.upgrade().map(|s| s.registry.clone()) else {
-            return;
-        };
-        match registry.watch(None).await {
-            Ok(mut watcher) => {
-                while let Some(event) = watcher.next().await {
-                    let Some(schemas) = schemas.upgrade() else {
-                        return;
-                    };
-                    match event {
-                        Ok(event) => schemas.forget(&event.service.name),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "registry watch failed; dropping every cached schema");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %micro_core::with_causes(&e), "cannot watch the registry; retrying in 1s")
-            }
+/// Drops `schema` at the first change the registry reports to its service, or when the watch
+/// fails or ends (the next request fetches the schema, and watches, afresh).
+async fn forget_on_change(schemas: Weak<Schemas>, schema: Weak<Schema>, mut watcher: Watcher) {
+    let event = watcher.next().await;
+    let (Some(schemas), Some(schema)) = (schemas.upgrade(), schema.upgrade()) else {
+        return;
+    };
+    match event {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => {
+            tracing::warn!(service = %schema.name, error = %micro_core::with_causes(&e), "registry watch failed; the service's descriptors will be fetched again")
         }
-        if let Some(schemas) = schemas.upgrade() {
-            schemas.lock().clear();
-            schemas.invalidate_derived();
+        None => {
+            tracing::warn!(service = %schema.name, "registry watch ended; the service's descriptors will be fetched again")
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    schemas.forget_schema(&schema);
 }
 
 #[cfg(test)]

@@ -21,11 +21,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `micro services`: one row per name, with its versions and live nodes.
 pub(crate) async fn list(registry: &dyn Registry, format: Format) -> Result<(), CliError> {
-    let listed = registry
-        .list_services()
-        .await
-        .map_err(unreachable(registry))?;
-    let names: BTreeSet<String> = listed.into_iter().map(|s| s.name).collect();
+    let names = registry.list_names().await.map_err(unreachable(registry))?;
     let mut rows = Vec::new();
     for name in names {
         let versions = registry
@@ -71,14 +67,7 @@ pub(crate) async fn registered(
     if !found.is_empty() {
         return Ok(found);
     }
-    let known: BTreeSet<String> = registry
-        .list_services()
-        .await
-        .map_err(unreachable(registry))?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let known: Vec<String> = known.into_iter().collect();
+    let known = registry.list_names().await.map_err(unreachable(registry))?;
     Err(CliError::Usage(format!(
         "unknown service `{service}` in registry `{}`; registered: {}",
         registry.name(),

@@ -29,15 +29,13 @@ struct Tool {
 /// (all without one); a service whose descriptors cannot be fetched is left out (and logged),
 /// not an error for the whole list.
 async fn tools(state: &GatewayState, describer: Option<&Describer>) -> Vec<Tool> {
-    let mut names: Vec<String> = match state.registry.list_services().await {
-        Ok(services) => services.into_iter().map(|s| s.name).collect(),
+    let mut names: Vec<String> = match state.registry.list_names().await {
+        Ok(names) => names,
         Err(e) => {
             tracing::warn!(error = %e, "MCP tools: the registry cannot be read");
             return Vec::new();
         }
     };
-    names.sort();
-    names.dedup();
     // Decided before any descriptor is fetched: nothing is read for a hidden service.
     names.retain(|service| describer.is_none_or(|d| d.may_describe(service)));
     let mut tools = Vec::new();

@@ -121,6 +121,7 @@ pub async fn register_get_list_deregister(registry: Arc<dyn Registry>) {
         listed.iter().any(|s| s.name == name),
         "list_services includes {name}"
     );
+    assert_names_agree(&*registry, &name, true).await;
 
     registry.deregister(&svc).await.expect("deregister");
     assert!(
@@ -136,6 +137,7 @@ pub async fn register_get_list_deregister(registry: Arc<dyn Registry>) {
         !listed.iter().any(|s| s.name == name),
         "list_services no longer includes {name}"
     );
+    assert_names_agree(&*registry, &name, false).await;
     registry
         .deregister(&svc)
         .await
@@ -149,6 +151,22 @@ pub async fn register_get_list_deregister(registry: Arc<dyn Registry>) {
     );
 }
 
+/// `list_names` is sorted, holds each name once, names what `list_services` lists (other
+/// tests' services may come and go in between: only `name` is compared exactly) and holds
+/// `name` exactly when `present`.
+async fn assert_names_agree(registry: &dyn Registry, name: &str, present: bool) {
+    let names = registry.list_names().await.expect("list_names");
+    assert!(
+        names.windows(2).all(|pair| pair[0] < pair[1]),
+        "list_names is sorted and each name appears once: {names:?}"
+    );
+    assert_eq!(
+        names.iter().any(|n| n == name),
+        present,
+        "list_names includes {name}: {present} ({names:?})"
+    );
+}
+
 /// Two versions of one service are two entries, each with its own nodes.
 pub async fn two_versions(registry: Arc<dyn Registry>) {
     let name = unique("conf-versions");
@@ -159,12 +177,15 @@ pub async fn two_versions(registry: Arc<dyn Registry>) {
     let mut got = registry.get_service(&name).await.expect("get_service");
     got.sort_by(|a, b| a.version.cmp(&b.version));
     assert_eq!(got, vec![v1.clone(), v2.clone()]);
+    // Named once, whatever its versions.
+    assert_names_agree(&*registry, &name, true).await;
     registry.deregister(&v1).await.expect("deregister v1");
     assert_eq!(
         registry.get_service(&name).await.expect("get_service"),
         vec![v2.clone()]
     );
     registry.deregister(&v2).await.expect("deregister v2");
+    assert_names_agree(&*registry, &name, false).await;
 }
 
 /// Nodes of one version accumulate and leave one by one.

@@ -14,6 +14,11 @@ use etcd_client::{Client, Error, GetOptions, KeyValue};
 /// page: see [`list`].
 pub(crate) const PAGE: i64 = 500;
 
+/// Keys asked for per page when only keys are read: a registry key is under 200 bytes, so a
+/// page stays under 2 MiB, and 100 000 nodes take 10 round trips. (etcd 3.4 walks the rest of
+/// the range on every page, so fewer pages are much quicker there.)
+const KEYS_PAGE: i64 = 10_000;
+
 /// Every key-value under `prefix` in key order, and the revision they were all read at.
 ///
 /// Each page after the first starts just after the last key read (`last + "\0"`) and reads at
@@ -22,18 +27,37 @@ pub(crate) const PAGE: i64 = 500;
 /// compacts that revision away before the last page, the listing fails with etcd's error; the
 /// callers list again.
 pub(crate) async fn list(client: &Client, prefix: &str) -> Result<(Vec<KeyValue>, i64), Error> {
+    read(client, prefix, false).await
+}
+
+/// As [`list`], keys only: each value is empty.
+pub(crate) async fn list_keys(
+    client: &Client,
+    prefix: &str,
+) -> Result<(Vec<KeyValue>, i64), Error> {
+    read(client, prefix, true).await
+}
+
+async fn read(
+    client: &Client,
+    prefix: &str,
+    keys_only: bool,
+) -> Result<(Vec<KeyValue>, i64), Error> {
     let mut client = client.clone();
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
-    let mut limit = PAGE;
+    let mut limit = if keys_only { KEYS_PAGE } else { PAGE };
     // 0 reads the newest revision: the first page's, which the others then read at.
     let mut revision = 0;
     let mut kvs = Vec::new();
     loop {
-        let options = GetOptions::new()
+        let mut options = GetOptions::new()
             .with_range(end.clone())
             .with_limit(limit)
             .with_revision(revision);
+        if keys_only {
+            options = options.with_keys_only();
+        }
         let mut page = match client.get(from.clone(), Some(options)).await {
             Ok(page) => page,
             Err(e) if limit > 1 && too_large(&e) => {

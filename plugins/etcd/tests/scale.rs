@@ -194,6 +194,21 @@ async fn twenty_thousand_nodes_list_and_watch() {
         "every service with its 5 nodes"
     );
 
+    // Names from the keys alone: every service of the run, once, in order.
+    let started = Instant::now();
+    let all_names = registry.list_names().await.expect("list_names");
+    let naming = started.elapsed();
+    let run_names: Vec<&String> = all_names
+        .iter()
+        .filter(|n| n.starts_with(&format!("{run}-")))
+        .collect();
+    let mut expected: Vec<&String> = names.iter().collect();
+    expected.sort();
+    assert_eq!(
+        run_names, expected,
+        "list_names: each service of the run once"
+    );
+
     let started = Instant::now();
     let mut watcher = registry.watch(None).await.expect("watch");
     let watch_start = started.elapsed();
@@ -215,7 +230,7 @@ async fn twenty_thousand_nodes_list_and_watch() {
     clean(&client, &run, lease).await;
     eprintln!(
         "scale: {} services x 5 nodes, {:.1} MiB of JSON: fill {filled:?}, \
-         list_services {listing:?}, watch start {watch_start:?}, \
+         list_services {listing:?}, list_names {naming:?}, watch start {watch_start:?}, \
          watch latency create {create:?} delete {delete:?}",
         names.len(),
         bytes as f64 / 1_048_576.0

@@ -102,14 +102,24 @@ impl MemoryRegistry {
         });
     }
 
-    fn live(&self) -> Vec<Service> {
-        let mut inner = self.lock();
-        inner.reap(Instant::now());
-        inner
-            .nodes
-            .values()
-            .map(|(record, _)| record.clone())
-            .collect()
+    /// Copies of the live records of the service `name`, or of every service: a read of one
+    /// service copies that service's records only. Lapsed nodes are passed over here; the
+    /// reaper removes them and tells watchers.
+    fn live(&self, name: Option<&str>) -> Vec<Service> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let live = |(_, (record, deadline)): (_, &(Service, Instant))| {
+            (*deadline > now).then(|| record.clone())
+        };
+        match name {
+            None => inner.nodes.iter().filter_map(live).collect(),
+            Some(name) => inner
+                .nodes
+                .range((name.to_string(), String::new(), String::new())..)
+                .take_while(|((service, _, _), _)| service == name)
+                .filter_map(live)
+                .collect(),
+        }
     }
 }
 
@@ -157,13 +167,24 @@ impl Registry for MemoryRegistry {
     }
 
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
-        Ok(merge_nodes(
-            self.live().into_iter().filter(|s| s.name == name),
-        ))
+        Ok(merge_nodes(self.live(Some(name))))
     }
 
     async fn list_services(&self) -> Result<Vec<Service>> {
-        Ok(merge_nodes(self.live()))
+        Ok(merge_nodes(self.live(None)))
+    }
+
+    async fn list_names(&self) -> Result<Vec<String>> {
+        let now = Instant::now();
+        let inner = self.lock();
+        // Keys sort by service name first: equal names are neighbours.
+        let mut names: Vec<String> = Vec::new();
+        for ((service, _, _), (_, deadline)) in &inner.nodes {
+            if *deadline > now && names.last() != Some(service) {
+                names.push(service.clone());
+            }
+        }
+        Ok(names)
     }
 
     async fn watch(&self, service: Option<&str>) -> Result<Watcher> {

@@ -168,6 +168,29 @@ impl Registry for EtcdRegistry {
         self.services_under(PREFIX).await
     }
 
+    async fn list_names(&self) -> Result<Vec<String>> {
+        let (keys, _) = range::list_keys(&self.conn.client, PREFIX)
+            .await
+            .map_err(|e| {
+                self.conn
+                    .err(COMPONENT, format!("list the keys of {PREFIX}"), e)
+            })?;
+        // Keys come sorted, so one service's nodes are neighbours; the names themselves are
+        // not in order yet (`a-b/…` sorts before `a/…`).
+        let mut names: Vec<String> = Vec::new();
+        for key in &keys {
+            let Some((service, _)) = key.key_str().ok().and_then(parse_key) else {
+                continue;
+            };
+            if names.last().is_none_or(|last| last != service) {
+                names.push(service.to_string());
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
     async fn watch(&self, service: Option<&str>) -> Result<Watcher> {
         let prefix = watch::watch_prefix(service);
         let (kvs, revision) = self.list_prefix(&prefix).await?;

@@ -3,12 +3,13 @@
 //! afresh when etcd compacted that revision away (or lost its data).
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use etcd_client::{EventType, KeyValue, WatchOptions};
 use futures::StreamExt;
 use micro_core::Result;
-use micro_core::registry::{Event, EventKind, Node, Service, Watcher, diff_nodes};
+use micro_core::registry::{Event, EventKind, Node, Service, Watcher};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -46,16 +47,47 @@ pub(super) fn start(conn: Conn, prefix: String, kvs: &[KeyValue], revision: i64)
 struct WatchLoop {
     conn: Conn,
     prefix: String,
-    /// The last service seen under each key, to fill events whose `prev_kv` is missing.
-    known: BTreeMap<String, Service>,
+    /// What was last seen under each key.
+    known: BTreeMap<String, Seen>,
     /// The last revision seen.
     revision: i64,
 }
 
+/// What a watch keeps of a key: enough to tell a put that changes nothing, and to name the node
+/// a delete removes when etcd cannot say (after a resync) — not the record itself, which a
+/// whole-registry watch would hold for every node of the organisation (~5.7 KB each).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    /// A hash of the stored value.
+    digest: u64,
+    /// The version the record registered.
+    version: String,
+}
+
+impl Seen {
+    fn of(kv: &KeyValue) -> Self {
+        /// Just the version of a record; the rest is skipped, not built.
+        #[derive(serde::Deserialize)]
+        struct Version {
+            #[serde(default)]
+            version: String,
+        }
+        let mut hasher = DefaultHasher::new();
+        kv.value().hash(&mut hasher);
+        let version = serde_json::from_slice::<Version>(kv.value())
+            .map(|v| v.version)
+            .unwrap_or_default();
+        Seen {
+            digest: hasher.finish(),
+            version,
+        }
+    }
+}
+
 impl WatchLoop {
     fn remember(&mut self, kv: &KeyValue) {
-        if let (Ok(service), Ok(key)) = (decode(kv), kv.key_str()) {
-            self.known.insert(key.to_string(), service);
+        if let Ok(key) = kv.key_str() {
+            self.known.insert(key.to_string(), Seen::of(kv));
         }
     }
 
@@ -142,28 +174,24 @@ impl WatchLoop {
         let Ok(key) = kv.key_str() else { return true };
         let key = key.to_string();
         let item = match event.event_type() {
-            EventType::Put => match decode(kv) {
-                Ok(service) => {
-                    let previous = self.known.insert(key, service.clone());
-                    match previous {
-                        Some(previous) if previous == service => return true,
-                        Some(_) => Ok(Event {
-                            kind: EventKind::Update,
-                            service,
-                        }),
-                        None => Ok(Event {
-                            kind: EventKind::Create,
-                            service,
-                        }),
-                    }
+            EventType::Put => {
+                let seen = Seen::of(kv);
+                let previous = self.known.insert(key, seen.clone());
+                if previous.as_ref().is_some_and(|p| p.digest == seen.digest) {
+                    return true;
                 }
-                Err(e) => Err(e),
-            },
+                let kind = match previous {
+                    Some(_) => EventKind::Update,
+                    None => EventKind::Create,
+                };
+                decode(kv).map(|service| Event { kind, service })
+            }
             EventType::Delete => {
                 let previous = self.known.remove(&key);
-                let service = previous
-                    .or_else(|| event.prev_kv().and_then(|kv| decode(kv).ok()))
-                    .or_else(|| service_from_key(&key));
+                let service = event
+                    .prev_kv()
+                    .and_then(|kv| decode(kv).ok())
+                    .or_else(|| service_from_key(&key, previous.map(|p| p.version)));
                 match service {
                     Some(service) => Ok(Event {
                         kind: EventKind::Delete,
@@ -195,17 +223,35 @@ impl WatchLoop {
         // The watch goes on from the listing's revision + 1.
         self.revision = revision;
         let mut now = BTreeMap::new();
-        let mut items = Vec::new();
+        let (mut created, mut updated, mut items) = (Vec::new(), Vec::new(), Vec::new());
         for kv in &listed {
             let Ok(key) = kv.key_str() else { continue };
+            let seen = Seen::of(kv);
+            let kind = match self.known.get(key) {
+                None => Some(EventKind::Create),
+                Some(before) if before.digest != seen.digest => Some(EventKind::Update),
+                Some(_) => None,
+            };
+            now.insert(key.to_string(), seen);
+            let Some(kind) = kind else { continue };
             match decode(kv) {
-                Ok(service) => {
-                    now.insert(key.to_string(), service);
-                }
+                Ok(service) if kind == EventKind::Create => created.push(Event { kind, service }),
+                Ok(service) => updated.push(Event { kind, service }),
                 Err(e) => items.push(Err(e)),
             }
         }
-        items.extend(diff_nodes(&self.known, &now).into_iter().map(Ok));
+        let deleted = self
+            .known
+            .iter()
+            .filter(|(key, _)| !now.contains_key(*key))
+            .filter_map(|(key, before)| service_from_key(key, Some(before.version.clone())))
+            .map(|service| Event {
+                kind: EventKind::Delete,
+                service,
+            });
+        // `diff_nodes`' order: creates, updates, deletes (each in key order).
+        let changes: Vec<Event> = created.into_iter().chain(updated).chain(deleted).collect();
+        items.extend(changes.into_iter().map(Ok));
         info!(prefix = %self.prefix, revision = self.revision, changes = items.len(), "registry watch resynced");
         self.known = now;
         for item in items {
@@ -217,8 +263,9 @@ impl WatchLoop {
     }
 }
 
-/// A service with just the node a key names, for deletes of keys never seen.
-fn service_from_key(key: &str) -> Option<Service> {
+/// A service with just the node a key names (and its version, when known), for deletes whose
+/// record etcd does not send.
+fn service_from_key(key: &str, version: Option<String>) -> Option<Service> {
     let (name, id) = parse_key(key)?;
     let node = Node {
         id: id.to_string(),
@@ -226,6 +273,7 @@ fn service_from_key(key: &str) -> Option<Service> {
     };
     Some(Service {
         name: name.to_string(),
+        version: version.unwrap_or_default(),
         nodes: vec![node],
         ..Default::default()
     })
@@ -237,12 +285,16 @@ mod tests {
 
     #[test]
     fn deletes_of_unseen_keys_name_the_node() {
-        let service = service_from_key("/micro/registry/greeter/g-1").unwrap();
+        let service = service_from_key("/micro/registry/greeter/g-1", Some("2".into())).unwrap();
         assert_eq!(
-            (service.name.as_str(), service.nodes[0].id.as_str()),
-            ("greeter", "g-1")
+            (
+                service.name.as_str(),
+                service.version.as_str(),
+                service.nodes[0].id.as_str()
+            ),
+            ("greeter", "2", "g-1")
         );
-        assert!(service_from_key("/micro/registry/greeter/").is_none());
+        assert!(service_from_key("/micro/registry/greeter/", None).is_none());
         assert_eq!(watch_prefix(Some("greeter")), "/micro/registry/greeter/");
         assert_eq!(watch_prefix(None), PREFIX);
     }
