@@ -14,6 +14,12 @@
 //! continued, a new sampled one at a root), which is all that passing a trace on and logging its
 //! id need. `OTEL_SDK_DISABLED=true` leaves trace context out altogether: none is carried or
 //! logged, and spans cost what they cost a plain `tracing` subscriber.
+//!
+//! Fields are written by a lean formatter of micro's own (`logging/fields.rs`): plain values
+//! unquoted, `otel.*` left out, so that a span nobody prints (the gateway's `http` span on a
+//! successful call) costs little.
+
+mod fields;
 
 use std::io::IsTerminal;
 
@@ -66,6 +72,7 @@ fn install(name: &str, level: &str) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let fmt = tracing_subscriber::fmt::layer()
+        .fmt_fields(fields::LeanFields)
         .with_writer(std::io::stderr)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
