@@ -46,6 +46,7 @@ mod events;
 mod everything;
 mod fixture;
 mod http;
+pub mod large_registry;
 pub mod otlp;
 mod pki;
 mod process;
@@ -65,7 +66,9 @@ pub use fixture::{
 };
 pub use http::{HttpResponse, get, post, raw_http};
 pub use pki::{Issued, TestPki};
-pub use process::{Finished, GatewayProcess, Process, binary, python, run, run_command};
+pub use process::{
+    Finished, GatewayProcess, KillOnDrop, Process, binary, memory_kib, python, run, run_command,
+};
 pub use rabbit::PrivateRabbit;
 pub use server::{PrivateServer, accepts, free_port};
 pub use wait::{error_naming, eventually, prompt_error, wait_until};

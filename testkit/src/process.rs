@@ -302,6 +302,43 @@ pub fn run(
     run_command(command, stdin, deadline)
 }
 
+/// A memory figure of process `pid` in KiB: `field` of `/proc/<pid>/status`, e.g. `VmRSS`
+/// (resident now) or `VmHWM` (the resident peak).
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A child process started by hand (a Python server or client, say), killed and reaped when
+/// dropped: a failing assertion must not leave it running, holding the test run's output open
+/// (CI waits for that output to end).
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `tests/python/<script>` with `python3` to the end (the Python clients the tests drive:
 /// grpcio, websockets, the MCP SDK; `scripts/setup` installs them).
 pub fn python(script: &str, args: &[&str], deadline: Duration) -> Finished {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use micro_core::Registry;
 use micro_core::registry::{Node, Service};
 use micro_testkit::{
-    Finished, GatewayProcess, PROPAGATION, Process, SHORT_TTL_ARGS, run, wait_until,
+    Finished, GatewayProcess, KillOnDrop, PROPAGATION, Process, SHORT_TTL_ARGS, run, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -485,12 +485,14 @@ fn a_bidi_stream_is_fed_from_stdin_line_by_line() {
 #[test]
 fn calls_a_python_grpc_server_this_framework_did_not_build() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/greeter_server.py");
-    let mut python = Command::new("python3")
-        .arg(script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs (scripts/setup installs grpcio)");
+    let mut python = KillOnDrop(
+        Command::new("python3")
+            .arg(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs (scripts/setup installs grpcio)"),
+    );
     let mut ready = String::new();
     BufReader::new(python.stdout.take().expect("stdout"))
         .read_line(&mut ready)
@@ -541,8 +543,6 @@ fn calls_a_python_grpc_server_this_framework_did_not_build() {
     assert_eq!(lines, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
     let described = json_of(micro(&["describe", "hello", "-o", "json"], &vars).success());
     assert_eq!(described["nodes"][0]["address"], address.as_str());
-    let _ = python.kill();
-    let _ = python.wait();
 }
 
 #[test]

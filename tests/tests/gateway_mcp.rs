@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use micro_testkit::{GatewayProcess, PROPAGATION, get, python, raw_http, wait_until};
+use micro_testkit::{GatewayProcess, KillOnDrop, PROPAGATION, get, python, raw_http, wait_until};
 use serde_json::{Value, json};
 
 /// How long one run of the Python client may take.
@@ -84,12 +84,14 @@ fn the_tool_list_changes_when_a_service_registers() {
         routable(&gateway, "greeter")
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/mcp_client.py");
-    let mut client = Command::new("python3")
-        .args([script, &format!("http://{}/mcp", gateway.http), "changes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs the MCP client");
+    let mut client = KillOnDrop(
+        Command::new("python3")
+            .args([script, &format!("http://{}/mcp", gateway.http), "changes"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the MCP client"),
+    );
     let mut stdout = BufReader::new(client.stdout.take().expect("stdout")).lines();
     let ready = stdout.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(

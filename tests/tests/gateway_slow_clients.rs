@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use micro_testkit::{GatewayProcess, PROPAGATION, post, wait_until};
+use micro_testkit::{GatewayProcess, PROPAGATION, memory_kib, post, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SAY_HELLO: &str = "/greeter/Greeter/SayHello";
@@ -29,16 +29,6 @@ fn gateway_with_greeter(flags: &[&str]) -> (GatewayProcess, micro_testkit::Proce
         post(gateway.http, SAY_HELLO, r#"{"name":"Al"}"#).status == 200
     });
     (gateway, greeter)
-}
-
-/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// The soft limit of open files of this process (`/proc/self/limits`).
@@ -104,7 +94,7 @@ fn a_thousand_slow_clients_are_closed_in_time_while_others_are_served() {
     let half_bodies = total / 5;
     let (gateway, _greeter) = gateway_with_greeter(&["--header-timeout", "2s", "--timeout", "2s"]);
     let pid = gateway.process.child.id();
-    let rss_before = rss_kib(pid);
+    let rss_before = memory_kib(pid, "VmRSS");
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (open, opened) = std::sync::mpsc::channel();
@@ -139,7 +129,7 @@ fn a_thousand_slow_clients_are_closed_in_time_while_others_are_served() {
         assert_eq!(response.json()["message"], "Hello Bo");
     }
     let served_by = Instant::now();
-    let rss_during = rss_kib(pid);
+    let rss_during = memory_kib(pid, "VmRSS");
 
     let slow: Vec<Slow> = runtime.block_on(async {
         let mut slow = Vec::with_capacity(total);
@@ -148,7 +138,7 @@ fn a_thousand_slow_clients_are_closed_in_time_while_others_are_served() {
         }
         slow
     });
-    let rss_after = rss_kib(pid);
+    let rss_after = memory_kib(pid, "VmRSS");
     let first_close = slow.iter().map(|s| s.closed).min().expect("slow clients");
     assert!(
         served_by < first_close,

@@ -312,7 +312,15 @@ async fn send(
             Err(Failed::Transport(error))
         }
         Ok(Ok(response)) => {
-            if answered(&response) == Code::Unavailable {
+            let code = answered(&response);
+            // An error answered once the deadline has passed is the deadline's. The node's own
+            // timer (tonic answers CANCELLED "Timeout expired" when `grpc-timeout` runs out) can
+            // beat ours on a busy machine: `timeout_at` looks at the answer before the clock.
+            if code != Code::Ok && Instant::now() >= call.deadline {
+                unresponsive(record);
+                return Err(Failed::Deadline(call.deadline_exceeded()));
+            }
+            if code == Code::Unavailable {
                 inner
                     .breaker
                     .failed(service, target, "the node answered UNAVAILABLE");
