@@ -118,12 +118,14 @@ pub(crate) async fn call(
             return Ok(needs_websocket(&labels.endpoint, &method));
         }
         // The body is checked before the token, as it always was for unary calls.
-        let message = transcode(state, &method, input)?;
-        let prepared = prepare(state, method, &schema, headers, &labels).await?;
-        if prepared.method.is_server_streaming() {
+        if method.is_server_streaming() {
+            let message = transcode(state, &method, input)?;
+            let prepared = prepare(state, method, &schema, headers, &labels).await?;
             crate::stream::respond(state, &labels, prepared, message, headers).await
         } else {
-            unary(prepared, message).await
+            let request = encode_request(state, &method, input)?;
+            let prepared = prepare(state, method, &schema, headers, &labels).await?;
+            unary(prepared, request).await
         }
     }
     .await;
@@ -204,6 +206,40 @@ pub(crate) fn transcode(
     )?)
 }
 
+/// The request of a unary call in wire format: the JSON body (or the query mapped onto fields)
+/// written straight to protobuf by the input message's plan ([`dynamic::Plan`]), with the bytes
+/// and errors of [`transcode`] and an encode.
+fn encode_request(
+    state: &GatewayState,
+    method: &MethodDescriptor,
+    input: Input,
+) -> Result<Vec<u8>, ApiError> {
+    let descriptor = method.input();
+    let body = match input {
+        Input::Json(body) => body,
+        Input::Query(query) => dynamic::query_to_json(&descriptor, &query)?,
+    };
+    let plan = request_plan(state, &descriptor);
+    Ok(plan.encode(&body, state.options.allow_unknown_fields)?)
+}
+
+/// The plan of a request message, built once and kept with the schemas (dropped with them).
+fn request_plan(
+    state: &GatewayState,
+    descriptor: &prost_reflect::MessageDescriptor,
+) -> Arc<dynamic::Plan> {
+    let key = format!("wire plan {}", descriptor.full_name());
+    if let Some(plan) = state.schemas.derived::<dynamic::Plan>(&key)
+        && plan.descriptor() == descriptor
+    {
+        return plan;
+    }
+    let generation = state.schemas.generation();
+    let plan = Arc::new(dynamic::Plan::new(descriptor));
+    state.schemas.keep(&key, generation, plan.clone());
+    plan
+}
+
 /// The request header naming the version to call, as go-micro routed by header.
 const VERSION_HEADER: &str = "Micro-Version";
 
@@ -260,14 +296,17 @@ pub(crate) async fn prepare(
     })
 }
 
-/// One request, one reply.
-async fn unary(mut prepared: Prepared, message: DynamicMessage) -> Result<Response, ApiError> {
+/// One request (already in wire format), one reply.
+async fn unary(mut prepared: Prepared, request: Vec<u8>) -> Result<Response, ApiError> {
     let mut grpc = prepared.grpc().await?;
-    let (path, codec) = (prepared.path(), prepared.codec());
+    let (path, codec) = (
+        prepared.path(),
+        dynamic::WireCodec::new(prepared.method.output()),
+    );
     // The service's own descriptors decode details of its own types.
     let pool = prepared.method.parent_pool().clone();
     let reply = grpc
-        .unary(prepared.request(message), path, codec)
+        .unary(prepared.request(request), path, codec)
         .await
         .map_err(|status| ApiError::from_service_status(&status, Some(&pool)))?;
     let body = reply_json(reply.get_ref())?;

@@ -1,5 +1,6 @@
 //! A tonic codec for messages known only at run time.
 
+use bytes::BufMut;
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
@@ -44,6 +45,49 @@ impl Encoder for DynamicEncoder {
     fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst)
             .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))
+    }
+}
+
+/// Sends requests already in wire format (from [`json_to_wire`](super::json_to_wire) or a
+/// [`Plan`](super::Plan)); decodes replies as `response`.
+#[derive(Clone, Debug)]
+pub struct WireCodec {
+    response: MessageDescriptor,
+}
+
+impl WireCodec {
+    /// A codec whose replies are `response` messages.
+    pub fn new(response: MessageDescriptor) -> Self {
+        WireCodec { response }
+    }
+}
+
+impl Codec for WireCodec {
+    type Encode = Vec<u8>;
+    type Decode = DynamicMessage;
+    type Encoder = BytesEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder(self.response.clone())
+    }
+}
+
+/// Encoder half of [`WireCodec`]: writes the bytes as they are.
+#[derive(Debug)]
+pub struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
     }
 }
 

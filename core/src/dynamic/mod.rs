@@ -25,9 +25,11 @@ mod comments;
 mod json;
 mod method;
 pub mod reflection;
+mod transcode;
 mod unique;
 
-pub use codec::{DynamicCodec, DynamicDecoder, DynamicEncoder};
+pub use codec::{BytesEncoder, DynamicCodec, DynamicDecoder, DynamicEncoder, WireCodec};
 pub use comments::{field_comment, leading_comment, message_comment, method_comment};
 pub use json::{JsonError, MAX_DEPTH, check_unique_keys, from_json, query_to_json, to_json};
 pub use method::{MethodError, find_method, normalize, path};
+pub use transcode::{Plan, json_to_wire};
