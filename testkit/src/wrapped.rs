@@ -93,6 +93,9 @@ impl<T: Registry> Registry for Wrapped<T> {
     async fn list_services(&self) -> Result<Vec<Service>> {
         self.inner.list_services().await
     }
+    async fn list_names(&self) -> Result<Vec<String>> {
+        self.inner.list_names().await
+    }
     async fn watch(&self, service: Option<&str>) -> Result<Watcher> {
         self.inner.watch(service).await
     }

@@ -1,7 +1,7 @@
 //! Every conformance suite of micro-core, against `ConsulApiDouble` (or against the Consul
 //! agent at `CONSUL_HTTP_ADDR` when it is set).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

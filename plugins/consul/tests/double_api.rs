@@ -1,7 +1,7 @@
 //! The double keeps the documented behaviour of the Consul HTTP API that the plugin relies on.
 //! These tests pin it (they run against the double only).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Faults: an unreachable agent, a refused token, garbage from the server, a blocking query cut
 //! off mid-response. None panics; each error says what happened and where.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

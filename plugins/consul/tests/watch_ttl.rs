@@ -4,7 +4,7 @@
 //! of a check it already has when the service is registered again, so the plugin passes the
 //! check after registering; the second test pins that agent behaviour.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Every conformance suite of micro-core that etcd backs, against the etcd started by
 //! `scripts/setup` (127.0.0.1:2379, or `MICRO_ETCD_ADDRESS`).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use micro_core::{Config, Registry, Store};
 use micro_etcd::{EtcdConfig, EtcdRegistry, EtcdStore};
 
 async fn registry() -> Arc<dyn Registry> {
+    common::share().await;
     Arc::new(
         EtcdRegistry::connect(&address())
             .await
@@ -19,6 +20,7 @@ async fn registry() -> Arc<dyn Registry> {
 
 micro_core::registry_conformance!(registry(), observer: async { Some(registry().await) });
 micro_core::store_conformance!(async {
+    common::share().await;
     Arc::new(
         EtcdStore::connect(&address())
             .await
@@ -26,6 +28,7 @@ micro_core::store_conformance!(async {
     ) as Arc<dyn Store>
 });
 micro_core::config_conformance!(async {
+    common::share().await;
     Arc::new(
         EtcdConfig::connect(&address())
             .await

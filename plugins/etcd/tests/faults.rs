@@ -3,7 +3,7 @@
 //! back, a lease revoked behind the registry's back. Watches past compactions and cuts are in
 //! `watch.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ async fn unreachable_etcd_is_a_prompt_error_naming_the_address() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_config_value_is_reported_and_the_last_good_one_kept() {
+    common::share().await;
     let prefix = format!("/micro-test/{}/config/", unique("faults"));
     let config = EtcdConfig::connect_with_prefix(&address(), &prefix)
         .await
@@ -97,6 +98,7 @@ async fn malformed_config_value_is_reported_and_the_last_good_one_kept() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_lease_is_replaced_by_the_registry_itself() {
+    common::share().await;
     let registry = EtcdRegistry::connect(&address()).await.expect("registry");
     let name = unique("faults-lease");
     let svc = service(&name, &format!("{name}-1"));

@@ -5,7 +5,7 @@
 //! them, under names unique to the run and on one lease, so a test that dies leaves nothing
 //! behind for longer than the lease.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -30,10 +30,6 @@ const IN_FLIGHT: usize = 8;
 
 /// How long the fill's lease lives: what a test that dies leaves behind is gone after it.
 const LEASE_TTL: i64 = 120;
-
-/// The registry tests fill the one registry prefix with thousands of keys: one at a time, so
-/// neither watcher wades through the other's fill and each test's printed timings are its own.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Node `node` of `service` as a server registers it: `methods` endpoints with their message
 /// types and gRPC paths, and the node metadata micro writes (0.5 KiB of JSON with one method,
@@ -168,7 +164,9 @@ async fn wait_for(watcher: &mut Watcher, kind: EventKind, node: &str) {
 /// 20 000 nodes over 4 000 services: listed whole, and watched from the listing on.
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_thousand_nodes_list_and_watch() {
-    let _serial = SERIAL.lock().await;
+    // The registry fills with thousands of keys: alone, so that neither this test's watcher nor
+    // another test's wades through another fill, and its printed timings are its own.
+    let _alone = common::alone().await;
     let registry = EtcdRegistry::connect(&address())
         .await
         .expect("etcd registry (run scripts/setup)");
@@ -242,7 +240,9 @@ async fn twenty_thousand_nodes_list_and_watch() {
 /// every watch of all services used to be.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_over_the_message_limit_lists() {
-    let _serial = SERIAL.lock().await;
+    // The registry fills with thousands of keys: alone, so that neither this test's watcher nor
+    // another test's wades through another fill, and its printed timings are its own.
+    let _alone = common::alone().await;
     let registry = EtcdRegistry::connect(&address())
         .await
         .expect("etcd registry (run scripts/setup)");
@@ -289,6 +289,7 @@ async fn a_registry_over_the_message_limit_lists() {
 /// page of them outgrows one message long before its 500 keys, and is read in smaller pages.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_of_large_records_lists() {
+    common::share().await;
     let store = EtcdStore::connect(&address())
         .await
         .expect("etcd store (run scripts/setup)");

@@ -3,7 +3,7 @@
 //! lists afresh and reports the difference), through a network cut, and of keys written behind
 //! the plugin's back; and that a registration that changes nothing writes nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,11 +40,6 @@ async fn revision(client: &mut Client) -> i64 {
     response.header().expect("header").revision()
 }
 
-/// Held for writing by the tests that compact etcd, for reading by those that watch from a past
-/// revision and need its history: a compaction in between would turn their watch into a resync
-/// (correctly, but not what they test).
-static HISTORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
 /// Compacts etcd's history up to now: every watch resuming from an older revision is refused.
 async fn compact(client: &mut Client) {
     let now = revision(client).await;
@@ -72,7 +67,8 @@ async fn expect(watcher: &mut Watcher, kind: EventKind, svc: &Service) {
 /// what is registered now (and nothing of a node that came and went), then goes on watching.
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_resumes_past_a_compaction() {
-    let _compacting = HISTORY.write().await;
+    // Compacts etcd: alone (see `common::alone`).
+    let _compacting = common::alone().await;
     let registry = connect(&address()).await;
     let observer = connect(&address()).await;
     let name = unique("watch-compact");
@@ -113,7 +109,8 @@ async fn watch_resumes_past_a_compaction() {
 /// arrive one by one, and nothing else.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_watch_goes_on_past_a_compaction() {
-    let _compacting = HISTORY.write().await;
+    // Compacts etcd: alone (see `common::alone`).
+    let _compacting = common::alone().await;
     let registry = connect(&address()).await;
     let observer = connect(&address()).await;
     let name = unique("watch-live-compact");
@@ -204,7 +201,8 @@ impl Drop for Partition {
 /// documented order (creates, updates, deletes), then goes on watching.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_cut_off_past_a_compaction_reports_the_difference() {
-    let _compacting = HISTORY.write().await;
+    // Compacts etcd: alone (see `common::alone`).
+    let _compacting = common::alone().await;
     let etcd = address();
     let first = etcd.split(',').next().unwrap_or_default().trim();
     let partition = Partition::start(first.trim_start_matches("http://").to_string()).await;
@@ -247,7 +245,8 @@ async fn a_watch_cut_off_past_a_compaction_reports_the_difference() {
 /// of a watch response, and deletes of keys the watcher never saw.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_event_of_a_response_and_deletes_of_unseen_keys() {
-    let _history = HISTORY.read().await;
+    // Watches from a past revision: its history must not be compacted meanwhile.
+    common::share().await;
     let observer = connect(&address()).await;
     let name = unique("watch-txn");
     let mut watcher = observer.watch(Some(&name)).await.expect("watch");
@@ -301,6 +300,7 @@ async fn every_event_of_a_response_and_deletes_of_unseen_keys() {
 /// so no watcher anywhere hears of it. A change does write.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unchanged_registration_writes_nothing() {
+    common::share().await;
     let registry = connect(&address()).await;
     let name = unique("watch-unchanged");
     let svc = service(&name, &format!("{name}-1"));

@@ -1,7 +1,7 @@
 //! The Auth conformance suite of micro-core on `JwtAuth`, with no leeway so the expiry case is
 //! quick. The suite takes the tokens through core's rules and decision too.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! the `md` claim; the check is cached (counted on the Store, not timed); the Auth conformance
 //! suite passes with sessions on; `--auth-sessions` wires it through the catalog.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,6 @@
 //! Issuing, inspecting, refreshing and rotating tokens; forged and broken tokens refused.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

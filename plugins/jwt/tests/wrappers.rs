@@ -1,6 +1,6 @@
 //! The server wrapper on a real tonic server, and the client wrapper forwarding tokens.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! retries, subscriptions live on return across connections, NATS headers both ways, and what
 //! NATS cannot carry refused by name. Streams a test creates are deleted when it ends.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,7 +2,7 @@
 //! connects to its component's address, failing with an error naming it; on a server without
 //! JetStream the key-value components say so, and the broker works on core NATS alone.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

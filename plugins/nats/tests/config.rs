@@ -3,7 +3,7 @@
 //! `get` and watchers, and malformed values reported naming their key. Buckets are deleted at
 //! the end.
 
-mod common;
+use crate::common;
 
 use micro_core::Config;
 use micro_core::conformance::{PROMPT, eventually, next};

@@ -2,7 +2,7 @@
 //! `scripts/setup` (`nats://127.0.0.1:4222`, or `MICRO_NATS_ADDRESS`). Each case works in
 //! buckets of its own, deleted when it ends.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::sync::Arc;

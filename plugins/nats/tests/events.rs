@@ -3,7 +3,7 @@
 //! the stream and consumer layout, headers, dead-lettering on a nacked last delivery, consumer
 //! clean-up and updates. Every stream a test creates is deleted when it ends.
 
-mod events_support;
+use crate::events_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -39,7 +39,7 @@ async fn cleaning() -> Arc<dyn Events> {
     Arc::new(events)
 }
 
-micro_core::events_conformance!(crate::cleaning());
+micro_core::events_conformance!(crate::events::cleaning());
 
 fn metadata(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

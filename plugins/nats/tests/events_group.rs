@@ -3,7 +3,7 @@
 //! published event is handled at least once, none is lost, and an event is handled twice only if
 //! the killed member held it.
 
-mod events_support;
+use crate::events_support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -27,8 +27,8 @@ const DOOMED_HOLDS: usize = 40;
 const PREFETCH: usize = 16;
 /// Long enough that nothing the doomed member holds comes back before it is killed.
 const ACK_WAIT: Duration = Duration::from_secs(3);
-/// The child-process entry below.
-const DOOMED_ENTRY: &str = "doomed_consumer";
+/// The child-process entry below, by its full name in the test binary.
+const DOOMED_ENTRY: &str = "events_group::doomed_consumer";
 
 /// Member 2 of the group, run by the test below as a child process it then kills.
 #[tokio::test(flavor = "multi_thread")]
@@ -66,6 +66,7 @@ async fn member(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_events_to_three_consumers_none_lost() {
+    let _heavy = crate::common::HEAVY.lock().await;
     let address = events_support::address();
     let topic = events_support::TestTopic::new("group");
     let topic = &topic.name;

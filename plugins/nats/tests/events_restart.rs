@@ -3,7 +3,7 @@
 //! and consumers reconnect by themselves, every publish that returned `Ok` is stored and
 //! handled, and after the restart events still flow.
 
-mod events_support;
+use crate::events_support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -24,6 +24,7 @@ const BEFORE_RESTART: usize = 1_000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_server_loses_nothing_acknowledged() {
+    let _heavy = crate::common::HEAVY.lock().await;
     let mut server = PrivateNats::start();
     let topic = events_support::topic("restart");
     let group = micro_core::conformance::unique("restarted");

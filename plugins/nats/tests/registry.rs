@@ -2,7 +2,7 @@
 //! `nats://127.0.0.1:4222`): go-micro's JSON per node under escaped keys, deadlines in a header,
 //! the sweeper, and watchers seeing lapses by their own timers. Buckets are deleted at the end.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

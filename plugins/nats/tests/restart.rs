@@ -4,7 +4,7 @@
 //! and config and registry watchers go on. Runs its own `nats-server -js` (needs the binary on
 //! `PATH`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,7 @@
 //! `nats://127.0.0.1:4222`): the bucket and key layout seen by a plain NATS client, the sweeper,
 //! the longest keys, and reads that create nothing. Buckets are deleted when a test ends.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

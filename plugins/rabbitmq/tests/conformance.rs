@@ -1,7 +1,7 @@
 //! The core broker conformance suite, against the RabbitMQ at `MICRO_TEST_RABBITMQ` (default
 //! 127.0.0.1:5672).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

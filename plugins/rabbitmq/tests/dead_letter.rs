@@ -1,7 +1,7 @@
 //! A poison message (its handler fails every time, once by panicking) ends in the dead-letter
 //! exchange after `max_attempts` runs, and the messages behind it are processed meanwhile.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

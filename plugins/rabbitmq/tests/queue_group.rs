@@ -3,7 +3,7 @@
 //! each message the killed consumer held is processed exactly once by a survivor, and a message
 //! is processed twice only if the killed consumer had handled it (its acknowledgement lost).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -22,8 +22,8 @@ const PUBLISHERS: u64 = 8;
 const DOOMED_HANDLES: usize = 500;
 /// The doomed member's prefetch: how many messages it holds when it is killed.
 const DOOMED_PREFETCH: u16 = 16;
-/// The child-process entry below.
-const DOOMED_ENTRY: &str = "doomed_consumer";
+/// The child-process entry below, by its full name in the test binary.
+const DOOMED_ENTRY: &str = "queue_group::doomed_consumer";
 
 /// Member 2 of the group, run by the test below as a child process it then kills.
 #[tokio::test(flavor = "multi_thread")]
@@ -46,6 +46,7 @@ fn counting(checker: &Checker, member: usize) -> micro_core::broker::Handler {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_messages_to_three_consumers_none_lost() {
+    let _heavy = common::HEAVY.lock().await;
     let address = common::address();
     let topic = common::unique("test.group");
     let queue = common::unique("test-group");

@@ -2,7 +2,7 @@
 //! reconnects by itself, resubscribes, and none of the messages confirmed before, during or after
 //! is lost. Runs in a vhost of its own, so closing "all" connections disturbs no other test.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -75,6 +75,7 @@ impl Drop for Vhost {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnects_after_the_broker_closes_every_connection() {
+    let _heavy = common::HEAVY.lock().await;
     let vhost = Vhost::create();
     let broker = common::broker(RabbitOptions::new(vhost.address())).await;
     let topic = common::unique("test.reconnect");

@@ -1,7 +1,7 @@
 //! A consumer closed (`RabbitBroker::close`) before acknowledging: its message goes to another
 //! member of the group. (`queue_group.rs` kills a consumer outright, with SIGKILL.)
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

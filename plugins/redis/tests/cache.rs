@@ -3,7 +3,7 @@
 //! between the cache and Redis) and a plain model of LRU and LFU kept by the test. And under
 //! concurrent readers and writers it must end holding what Redis holds.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! `MICRO_REDIS_ADDRESS`): the plain [`RedisStore`], the [`Cache`] in front of it (small, so
 //! the suite's writes evict), and the cache in front of the memory store.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

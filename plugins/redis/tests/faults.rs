@@ -2,7 +2,7 @@
 //! key scheme, values written behind the store's back, and surviving a dropped connection and
 //! a Redis restart (a `redis-server` of the test's own).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

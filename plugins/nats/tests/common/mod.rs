@@ -9,6 +9,11 @@ use std::sync::Arc;
 
 use micro_testkit::Wrapped;
 
+/// Held by the heavy tests (thousands of events through a group with a member killed, a server
+/// restarted under load) for as long as they run: one at a time, as when each was a test binary
+/// of its own, so that none eats into another's time budgets. The other tests run beside them.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The NATS under test: `MICRO_NATS_ADDRESS`, else the one `scripts/setup` starts.
 pub fn address() -> String {
     std::env::var("MICRO_NATS_ADDRESS").unwrap_or_else(|_| micro_nats::DEFAULT_ADDRESS.into())

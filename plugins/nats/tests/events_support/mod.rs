@@ -4,8 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod doomed;
-#[path = "../common/server.rs"]
-pub mod server;
+pub use crate::common::server;
 
 use micro_core::events::dead_letter_topic;
 use micro_nats::NatsEvents;

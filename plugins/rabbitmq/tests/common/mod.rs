@@ -8,6 +8,12 @@ pub mod doomed;
 use lapin::{Channel, Connection, ConnectionProperties};
 use micro_rabbitmq::{RabbitBroker, RabbitOptions};
 
+/// Held by the heavy tests (thousands of messages through a queue group with a member killed,
+/// or across a reconnection) for as long as they run: one at a time, as when each was in a test
+/// binary of its own, so that none eats into another's time budgets. The other tests run beside
+/// them.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Where the tests find RabbitMQ: `MICRO_TEST_RABBITMQ`, or the local default.
 pub fn address() -> String {
     std::env::var("MICRO_TEST_RABBITMQ")
