@@ -10,130 +10,18 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{address, raw};
-use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
-use futures::{StreamExt, TryStreamExt};
+use etcd_client::GetOptions;
+use futures::StreamExt;
 use micro_core::conformance::{PROMPT, unique};
-use micro_core::registry::{Endpoint, EventKind, MessageType, Node, Service, Watcher};
+use micro_core::registry::{EventKind, Service, Watcher};
 use micro_core::store::{Namespace, Query, Record};
 use micro_core::{Registry, Store, with_causes};
 use micro_etcd::{EtcdRegistry, EtcdStore, REGISTRY_PREFIX, STORE_PREFIX};
+use micro_testkit::large_registry::{clean_etcd, fill_etcd, node_record, service_names};
 
 /// tonic's default limit on one decoded message: the single range response of the whole
 /// registry used to exceed it.
 const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
-
-/// etcd's default `--max-txn-ops`: the most puts one transaction may carry.
-const TXN_OPS: usize = 128;
-
-/// How many transactions of the fill are in flight at once.
-const IN_FLIGHT: usize = 8;
-
-/// How long the fill's lease lives: what a test that dies leaves behind is gone after it.
-const LEASE_TTL: i64 = 120;
-
-/// Node `node` of `service` as a server registers it: `methods` endpoints with their message
-/// types and gRPC paths, and the node metadata micro writes (0.5 KiB of JSON with one method,
-/// 1.3 KiB with five).
-fn record(service: &str, node: usize, methods: usize) -> Service {
-    let endpoints = ["Create", "Get", "List", "Update", "Delete"]
-        .into_iter()
-        .take(methods)
-        .map(|method| Endpoint {
-            name: format!("Catalog.{method}"),
-            request: Some(MessageType {
-                name: format!("{method}Request"),
-                full_name: format!("catalog.v1.{method}Request"),
-            }),
-            response: Some(MessageType {
-                name: format!("{method}Response"),
-                full_name: format!("catalog.v1.{method}Response"),
-            }),
-            metadata: [(
-                "grpc_method".to_string(),
-                format!("/catalog.v1.Catalog/{method}"),
-            )]
-            .into(),
-        })
-        .collect();
-    let metadata = [
-        ("protocol", "grpc"),
-        ("transport", "grpc"),
-        ("registry", "etcd"),
-        ("server", "micro"),
-        ("secure", "false"),
-    ];
-    Service {
-        name: service.to_string(),
-        version: "1.0.0".into(),
-        metadata: [("owner".to_string(), "team-catalog".to_string())].into(),
-        endpoints,
-        nodes: vec![Node {
-            id: format!("{service}-{node}"),
-            address: format!("10.0.{}.{}:50051", node % 250, node % 200 + 1),
-            metadata: metadata
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }],
-    }
-}
-
-/// The services of a run named `run`: `<run>-0000`, `<run>-0001`, ...
-fn names(run: &str, services: usize) -> Vec<String> {
-    (0..services).map(|i| format!("{run}-{i:04}")).collect()
-}
-
-/// Writes `nodes` nodes of each service of `names` (with `methods` endpoints) into etcd at the
-/// registry's keys, on one lease of [`LEASE_TTL`], [`TXN_OPS`] puts per transaction and
-/// [`IN_FLIGHT`] transactions at a time. Returns the lease and the bytes of registry JSON
-/// written.
-async fn fill(client: &Client, names: &[String], nodes: usize, methods: usize) -> (i64, usize) {
-    let lease = client
-        .clone()
-        .lease_grant(LEASE_TTL, None)
-        .await
-        .expect("lease")
-        .id();
-    let mut puts = Vec::new();
-    let mut bytes = 0;
-    for name in names {
-        for node in 0..nodes {
-            let record = record(name, node, methods);
-            let key = format!("{REGISTRY_PREFIX}{name}/{}", record.nodes[0].id);
-            let value = serde_json::to_string(&record).expect("encode");
-            bytes += value.len();
-            puts.push(TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ));
-        }
-    }
-    let batches: Vec<Vec<TxnOp>> = puts.chunks(TXN_OPS).map(<[TxnOp]>::to_vec).collect();
-    futures::stream::iter(batches)
-        .map(|ops| {
-            let mut client = client.clone();
-            async move { client.txn(Txn::new().and_then(ops)).await }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("fill the registry");
-    (lease, bytes)
-}
-
-/// Deletes every key of the run and its lease.
-async fn clean(client: &Client, run: &str, lease: i64) {
-    let mut client = client.clone();
-    client
-        .delete(
-            format!("{REGISTRY_PREFIX}{run}-"),
-            Some(DeleteOptions::new().with_prefix()),
-        )
-        .await
-        .expect("clean up");
-    client.lease_revoke(lease).await.expect("revoke the lease");
-}
 
 /// The services of the run among `listed`, by name, each with its node count.
 fn of_run(listed: &[Service], run: &str) -> Vec<(String, usize)> {
@@ -172,11 +60,12 @@ async fn twenty_thousand_nodes_list_and_watch() {
         .expect("etcd registry (run scripts/setup)");
     let client = raw().await;
     let run = unique("scale");
-    let names = names(&run, 4_000);
+    let names = service_names(&run, 4_000);
 
     let started = Instant::now();
-    let (lease, bytes) = fill(&client, &names, 5, 5).await;
-    let filled = started.elapsed();
+    let filled = fill_etcd(&client, &names, 5, 5).await;
+    let bytes = filled.bytes;
+    let fill_time = started.elapsed();
     assert!(
         bytes > MESSAGE_LIMIT,
         "the registry must outgrow one message: {bytes} bytes"
@@ -210,7 +99,7 @@ async fn twenty_thousand_nodes_list_and_watch() {
     let started = Instant::now();
     let mut watcher = registry.watch(None).await.expect("watch");
     let watch_start = started.elapsed();
-    let newcomer = record(&format!("{run}-new"), 0, 5);
+    let newcomer = node_record(&format!("{run}-new"), 0, 5);
     let node = newcomer.nodes[0].id.clone();
     let started = Instant::now();
     registry
@@ -225,9 +114,9 @@ async fn twenty_thousand_nodes_list_and_watch() {
     let delete = started.elapsed();
     drop(watcher);
 
-    clean(&client, &run, lease).await;
+    clean_etcd(&client, &run, &filled).await;
     eprintln!(
-        "scale: {} services x 5 nodes, {:.1} MiB of JSON: fill {filled:?}, \
+        "scale: {} services x 5 nodes, {:.1} MiB of JSON: fill {fill_time:?}, \
          list_services {listing:?}, list_names {naming:?}, watch start {watch_start:?}, \
          watch latency create {create:?} delete {delete:?}",
         names.len(),
@@ -248,8 +137,9 @@ async fn a_registry_over_the_message_limit_lists() {
         .expect("etcd registry (run scripts/setup)");
     let client = raw().await;
     let run = unique("over-limit");
-    let names = names(&run, 5_000);
-    let (lease, bytes) = fill(&client, &names, 2, 1).await;
+    let names = service_names(&run, 5_000);
+    let filled = fill_etcd(&client, &names, 2, 1).await;
+    let bytes = filled.bytes;
     assert!(
         bytes > MESSAGE_LIMIT,
         "the registry must outgrow one message: {bytes} bytes"
@@ -263,7 +153,7 @@ async fn a_registry_over_the_message_limit_lists() {
     let listed = registry.list_services().await;
     let listing = started.elapsed();
     let watched = registry.watch(None).await.map(drop);
-    clean(&client, &run, lease).await;
+    clean_etcd(&client, &run, &filled).await;
     eprintln!(
         "over the limit: {} services x 2 nodes, {:.1} MiB of JSON: list_services {listing:?}",
         names.len(),
