@@ -164,7 +164,9 @@ impl RemoteRegistry {
             tonic::Code::InvalidArgument => {
                 return Error::invalid("service", status.message().to_string());
             }
-            tonic::Code::Unavailable | tonic::Code::Unknown => format!(
+            // A connection the server closes (plaintext to TLS) ends the call as UNAVAILABLE or,
+            // when the close races the request, CANCELLED.
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => format!(
                 "{what}: cannot reach the registry at {} (is micro-gateway running there?){hint}: {}",
                 self.address,
                 status_text(&status)
