@@ -4,6 +4,10 @@
 //! A process is run under `valgrind --tool=callgrind` twice: the same start-up, then [`FEW`] and
 //! then [`MANY`] sequential calls. The difference of the two totals over `MANY - FEW` calls is
 //! what one call costs, with start-up and warm-up cancelled. Everything in that process counts.
+//!
+//! To see where the instructions go, set `MICRO_BENCH_CALLGRIND_OUT` to a file name prefix: each
+//! run then writes its profile to `<prefix>.<pid>` for `callgrind_annotate` (compare the runs of
+//! [`FEW`] and [`MANY`] calls of one configuration to leave start-up out).
 
 use std::process::Command;
 
@@ -25,8 +29,11 @@ pub(crate) fn command() -> Result<Command, String> {
         );
     }
     let mut command = Command::new("valgrind");
+    let out = std::env::var("MICRO_BENCH_CALLGRIND_OUT")
+        .map_or_else(|_| "/dev/null".to_string(), |prefix| format!("{prefix}.%p"));
     command
-        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={out}"))
         .arg(exe);
     Ok(command)
 }

@@ -56,6 +56,45 @@ impl<'writer> FormatFields<'writer> for LeanFields {
     }
 }
 
+impl LeanFields {
+    /// Appends `field` of what `fields` recorded, and nothing else, to a span's fields: the
+    /// `trace_id` of a span kept for its trace context but not logged (see `logs.rs`).
+    pub(crate) fn add_only(
+        self,
+        current: &mut FormattedFields<Self>,
+        fields: &Record<'_>,
+        field: &Field,
+    ) -> fmt::Result {
+        let first = current.fields.is_empty();
+        let mut visitor = Visitor::new(SpanFields::new(current), first);
+        fields.record(&mut Only {
+            field,
+            visitor: &mut visitor,
+        });
+        visitor.finish()
+    }
+}
+
+/// Passes one field on to `visitor`, and no other.
+struct Only<'a, V> {
+    field: &'a Field,
+    visitor: &'a mut V,
+}
+
+impl<V: Visit> Visit for Only<'_, V> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field == self.field {
+            self.visitor.record_str(field, value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field == self.field {
+            self.visitor.record_debug(field, value);
+        }
+    }
+}
+
 /// Bytes reserved in a span's string at its first record.
 const ROOM: usize = 128;
 
@@ -313,34 +352,11 @@ const PLAIN: [bool; 256] = {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
     use tracing::field::Empty;
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::{ITALIC, LeanFields, plain};
-
-    /// A `MakeWriter` (through `Fn() -> impl io::Write`) appending every line to one buffer.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Buffer {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
+    use crate::logging::tests::Buffer;
 
     /// What `run` logs through a fmt layer (no time) with micro's formatter, or with the
     /// default one when `lean` is false; ANSI as `ansi` says.
@@ -484,7 +500,7 @@ mod tests {
     /// default formatter prints them, colours included.
     #[test]
     fn other_fields_and_colours_as_the_default_formatter() {
-        let error = io::Error::other("disk full");
+        let error = std::io::Error::other("disk full");
         let run = || {
             let span = tracing::info_span!("http", n = 7u64, otel.kind = "server", later = Empty);
             span.record("later", -9i64);

@@ -17,9 +17,15 @@
 //!
 //! Fields are written by a lean formatter of micro's own (`logging/fields.rs`): plain values
 //! unquoted, `otel.*` left out, so that a span nobody prints (the gateway's `http` span on a
-//! successful call) costs little.
+//! successful call) costs little. The filter and the formatter are one global layer
+//! (`logging/logs.rs`), so the subscriber does no per-layer filter bookkeeping on every span
+//! enter and exit. Spans at `INFO` and above exist whatever `RUST_LOG` says while trace context
+//! is carried; one that `RUST_LOG` leaves out is formatted with its `trace_id` only, so that a
+//! warning logged inside a call says which trace it belongs to. A `RUST_LOG` that does not
+//! parse is reported in a warning naming it, and the default level is used.
 
 mod fields;
+mod logs;
 
 use std::io::IsTerminal;
 
@@ -69,38 +75,71 @@ impl Drop for Telemetry {
 }
 
 fn install(name: &str, level: &str) -> Telemetry {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (filter, directives, problem) = filter(
+        std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok(),
+        level,
+    );
     let fmt = tracing_subscriber::fmt::layer()
         .fmt_fields(fields::LeanFields)
         .with_writer(std::io::stderr)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
-        ))
-        .with_filter(filter);
-    if sdk_disabled() {
+        ));
+    let carried = !sdk_disabled();
+    let logs = logs::Logs::new(filter, fmt, carried, &directives);
+    let telemetry = install_layers(name, logs, carried);
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
+    telemetry
+}
+
+/// `RUST_LOG`'s filter and its text, or `level`'s with what was wrong with `RUST_LOG`.
+fn filter(
+    rust_log: Option<String>,
+    level: &str,
+) -> (tracing_subscriber::EnvFilter, String, Option<String>) {
+    let fallback = || tracing_subscriber::EnvFilter::new(level);
+    match rust_log {
+        Some(directives) if !directives.trim().is_empty() => {
+            match tracing_subscriber::EnvFilter::try_new(&directives) {
+                Ok(filter) => (filter, directives, None),
+                Err(e) => (
+                    fallback(),
+                    level.to_string(),
+                    Some(format!(
+                        "RUST_LOG={directives:?} is not a valid filter ({e}); logging at {level}"
+                    )),
+                ),
+            }
+        }
+        _ => (fallback(), level.to_string(), None),
+    }
+}
+
+/// Installs `logs` and the layer that keeps trace context (`carried`): OpenTelemetry's when
+/// spans are exported, else micro's.
+fn install_layers(
+    name: &str,
+    logs: logs::Logs<impl tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
+    carried: bool,
+) -> Telemetry {
+    if !carried {
         // OpenTelemetry's own off switch: logs only, no trace context carried or logged.
-        let _ = tracing_subscriber::registry().with(fmt).try_init();
+        let _ = tracing_subscriber::registry().with(logs).try_init();
         return Telemetry { provider: None };
     }
     let (exporter, problem) = match exporter() {
         Ok(exporter) => (exporter, None),
         Err(problem) => (None, Some(problem)),
     };
-    // Spans only (events would become span events: a copy of every log line in every span),
-    // at info and above whatever RUST_LOG says.
-    let spans = || {
-        tracing_subscriber::filter::filter_fn(|meta| {
-            meta.is_span() && *meta.level() <= tracing::Level::INFO
-        })
-    };
     let Some(exporter) = exporter else {
         // Nothing to export to: spans get their trace context from micro's own layer, which
         // keeps the ids and builds no OpenTelemetry span only to drop it.
         let _ = tracing_subscriber::registry()
-            .with(fmt)
-            .with(crate::trace::PropagationLayer.with_filter(spans()))
+            .with(logs)
+            .with(crate::trace::PropagationLayer)
             .try_init();
         if let Some(problem) = problem {
             tracing::warn!("spans are not exported: {problem}");
@@ -117,9 +156,13 @@ fn install(name: &str, level: &str) -> Telemetry {
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_context_activation(false)
-        .with_filter(spans());
+        // Spans only (events would become span events: a copy of every log line in every
+        // span), at info and above: the ones `logs` keeps whatever RUST_LOG says.
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() && *meta.level() <= tracing::Level::INFO
+        }));
     let installed = tracing_subscriber::registry()
-        .with(fmt)
+        .with(logs)
         .with(otel)
         .try_init()
         .is_ok();
@@ -220,8 +263,51 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
     use super::colour;
+
+    /// A `MakeWriter` (through `Fn() -> impl io::Write`) appending every line to one buffer.
+    #[derive(Clone, Default)]
+    pub(crate) struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buffer {
+        /// Everything written so far.
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_bad_rust_log_is_named_and_the_default_level_used() {
+        let (filter, directives, problem) =
+            super::filter(Some("info,[unclosed=debug".into()), "warn");
+        assert_eq!(filter.to_string(), "warn");
+        assert_eq!(directives, "warn");
+        let problem = problem.unwrap();
+        assert!(
+            problem.starts_with("RUST_LOG=\"info,[unclosed=debug\" is not a valid filter ("),
+            "{problem}"
+        );
+        assert!(problem.ends_with("; logging at warn"), "{problem}");
+        let (filter, directives, problem) = super::filter(Some("[http]=debug".into()), "info");
+        assert_eq!((directives.as_str(), problem), ("[http]=debug", None));
+        assert_eq!(filter.to_string(), "[http]=debug");
+        assert_eq!(super::filter(None, "info").1, "info");
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

@@ -18,8 +18,10 @@ use tracing_subscriber::Registry;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Gives every span it sees a [`SpanContext`]: its parent's trace (id, sampled flag and trace
-/// state) with a span id of its own, or a new sampled trace at a root.
+/// Gives every span at `INFO` and above a [`SpanContext`]: its nearest such ancestor's trace
+/// (id, sampled flag and trace state) with a span id of its own, or a new sampled trace at a
+/// root. Debug and trace spans (when `RUST_LOG` enables them) get none: a trace carries the
+/// spans a process always has, whatever it logs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PropagationLayer;
 
@@ -30,14 +32,21 @@ impl<S> Layer<S> for PropagationLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(&self, _attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+    fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // Checked here rather than by a per-layer filter, which the subscriber would consult on
+        // every enter, exit and close of every span (see `logging/logs.rs`).
+        if *attributes.metadata().level() > tracing::Level::INFO {
+            return;
+        }
         let Some(span) = ctx.span(id) else {
             return;
         };
-        // The nearest enabled ancestor (explicit or contextual), as the registry resolves it.
+        // The nearest ancestor with trace context (explicit or contextual parent, as the
+        // registry resolves it), skipping debug spans between.
         let inherited = span
-            .parent()
-            .and_then(|parent| parent.extensions().get::<Ids>().map(|ids| ids.0.clone()));
+            .scope()
+            .skip(1)
+            .find_map(|ancestor| ancestor.extensions().get::<Ids>().map(|ids| ids.0.clone()));
         let context = match inherited {
             Some(parent) => SpanContext::new(
                 parent.trace_id(),
