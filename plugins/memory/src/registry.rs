@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use micro_core::Result;
-use micro_core::registry::{Event, EventKind, Registry, Service, Watcher, merge_nodes};
+use micro_core::registry::{Event, EventKind, Node, Registry, Service, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -23,13 +23,53 @@ pub struct MemoryRegistry {
 
 #[derive(Default)]
 struct Inner {
-    /// Keyed by (service name, version, node id): one record per node, as etcd stores them.
-    nodes: BTreeMap<(String, String, String), (Service, Instant)>,
+    /// One record per node, as etcd stores them.
+    nodes: BTreeMap<Key, Record>,
     watchers: Vec<(Option<String>, mpsc::UnboundedSender<Result<Event>>)>,
     reaper_running: bool,
 }
 
+/// A record's key: (service name, version, node id).
+type Key = (String, String, String);
+
+/// One node's registration. The service part (metadata, endpoints: most of a record's size) is
+/// shared with the other nodes of the same name and version registered with an equal one, so a
+/// registry of 20 000 nodes over 4 000 services holds 4 000 copies of it, not 20 000.
+struct Record {
+    /// The service, without nodes.
+    service: Arc<Service>,
+    node: Node,
+    deadline: Instant,
+}
+
+impl Record {
+    /// The record as the registry API hands it out: the service with this one node.
+    fn to_service(&self) -> Service {
+        self.service.with_node(self.node.clone())
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        self.deadline > now
+    }
+}
+
 impl Inner {
+    /// `service` (without nodes), shared with the records of its name and version when theirs
+    /// is the same: one comparison with a neighbour per registration.
+    fn shared(&self, service: Service) -> Arc<Service> {
+        let start = (service.name.clone(), service.version.clone(), String::new());
+        match self.nodes.range(start..).next() {
+            Some(((name, version, _), record))
+                if *name == service.name
+                    && *version == service.version
+                    && *record.service == service =>
+            {
+                record.service.clone()
+            }
+            _ => Arc::new(service),
+        }
+    }
+
     fn notify(&mut self, kind: EventKind, service: Service) {
         self.watchers.retain(|(filter, sender)| {
             if filter.as_ref().is_some_and(|f| *f != service.name) {
@@ -48,13 +88,13 @@ impl Inner {
         let lapsed: Vec<_> = self
             .nodes
             .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
+            .filter(|(_, record)| !record.live(now))
             .map(|(k, _)| k.clone())
             .collect();
         for key in lapsed {
-            if let Some((record, _)) = self.nodes.remove(&key) {
-                tracing::debug!(service = %record.name, node = %key.2, "node TTL lapsed");
-                self.notify(EventKind::Delete, record);
+            if let Some(record) = self.nodes.remove(&key) {
+                tracing::debug!(service = %key.0, node = %key.2, "node TTL lapsed");
+                self.notify(EventKind::Delete, record.to_service());
             }
         }
     }
@@ -102,24 +142,33 @@ impl MemoryRegistry {
         });
     }
 
-    /// Copies of the live records of the service `name`, or of every service: a read of one
-    /// service copies that service's records only. Lapsed nodes are passed over here; the
-    /// reaper removes them and tells watchers.
-    fn live(&self, name: Option<&str>) -> Vec<Service> {
+    /// The live nodes of the service `name`, or of every service, merged into one [`Service`]
+    /// per version as [`merge_nodes`](micro_core::registry::merge_nodes) would (the first record's service part, nodes by id):
+    /// straight from the records, which are kept in that order, so the shared service part is
+    /// copied once per version rather than once per node. Lapsed nodes are passed over here;
+    /// the reaper removes them and tells watchers.
+    fn merged(&self, name: Option<&str>) -> Vec<Service> {
         let now = Instant::now();
         let inner = self.lock();
-        let live = |(_, (record, deadline)): (_, &(Service, Instant))| {
-            (*deadline > now).then(|| record.clone())
+        let records: Box<dyn Iterator<Item = (&Key, &Record)>> = match name {
+            None => Box::new(inner.nodes.iter()),
+            Some(name) => Box::new(
+                inner
+                    .nodes
+                    .range((name.to_string(), String::new(), String::new())..)
+                    .take_while(move |((service, _, _), _)| service == name),
+            ),
         };
-        match name {
-            None => inner.nodes.iter().filter_map(live).collect(),
-            Some(name) => inner
-                .nodes
-                .range((name.to_string(), String::new(), String::new())..)
-                .take_while(|((service, _, _), _)| service == name)
-                .filter_map(live)
-                .collect(),
+        let mut services: Vec<Service> = Vec::new();
+        for ((name, version, _), record) in records.filter(|(_, record)| record.live(now)) {
+            match services.last_mut() {
+                Some(last) if last.name == *name && last.version == *version => {
+                    last.nodes.push(record.node.clone());
+                }
+                _ => services.push(record.to_service()),
+            }
         }
+        services
     }
 }
 
@@ -134,18 +183,27 @@ impl Registry for MemoryRegistry {
         let deadline = Instant::now() + ttl;
         let mut inner = self.lock();
         self.ensure_reaper(&mut inner);
+        let shared = inner.shared(service.without_nodes());
         for node in &service.nodes {
-            let record = service.with_node(node.clone());
             let key = (
                 service.name.clone(),
                 service.version.clone(),
                 node.id.clone(),
             );
-            let previous = inner.nodes.insert(key, (record.clone(), deadline));
-            match previous {
-                None => inner.notify(EventKind::Create, record),
-                Some((old, _)) if old != record => inner.notify(EventKind::Update, record),
-                Some(_) => {}
+            let record = Record {
+                service: shared.clone(),
+                node: node.clone(),
+                deadline,
+            };
+            let previous = inner.nodes.insert(key, record);
+            let changed = previous.map(|old| {
+                (!Arc::ptr_eq(&old.service, &shared) && *old.service != *shared)
+                    || old.node != *node
+            });
+            match changed {
+                None => inner.notify(EventKind::Create, service.with_node(node.clone())),
+                Some(true) => inner.notify(EventKind::Update, service.with_node(node.clone())),
+                Some(false) => {}
             }
         }
         Ok(())
@@ -159,19 +217,19 @@ impl Registry for MemoryRegistry {
                 service.version.clone(),
                 node.id.clone(),
             );
-            if let Some((record, _)) = inner.nodes.remove(&key) {
-                inner.notify(EventKind::Delete, record);
+            if let Some(record) = inner.nodes.remove(&key) {
+                inner.notify(EventKind::Delete, record.to_service());
             }
         }
         Ok(())
     }
 
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
-        Ok(merge_nodes(self.live(Some(name))))
+        Ok(self.merged(Some(name)))
     }
 
     async fn list_services(&self) -> Result<Vec<Service>> {
-        Ok(merge_nodes(self.live(None)))
+        Ok(self.merged(None))
     }
 
     async fn list_names(&self) -> Result<Vec<String>> {
@@ -179,8 +237,8 @@ impl Registry for MemoryRegistry {
         let inner = self.lock();
         // Keys sort by service name first: equal names are neighbours.
         let mut names: Vec<String> = Vec::new();
-        for ((service, _, _), (_, deadline)) in &inner.nodes {
-            if *deadline > now && names.last() != Some(service) {
+        for ((service, _, _), record) in &inner.nodes {
+            if record.live(now) && names.last() != Some(service) {
                 names.push(service.clone());
             }
         }
@@ -200,4 +258,60 @@ fn tokio_stream_from<T: Send + 'static>(
     mut receiver: mpsc::UnboundedReceiver<T>,
 ) -> futures::stream::BoxStream<'static, T> {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn greeter(node: &str, team: &str) -> Service {
+        Service {
+            name: "greeter".into(),
+            version: "1.0.0".into(),
+            metadata: [("team".to_string(), team.to_string())].into(),
+            nodes: vec![Node {
+                id: node.into(),
+                address: format!("{node}:50051"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The shared service parts of the records of `greeter`, in node order.
+    fn parts(registry: &MemoryRegistry) -> Vec<Arc<Service>> {
+        registry
+            .lock()
+            .nodes
+            .values()
+            .map(|record| record.service.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn nodes_of_one_registration_share_its_service_part() {
+        let registry = MemoryRegistry::new();
+        let ttl = Duration::from_secs(60);
+        for node in ["a", "b", "c"] {
+            registry.register(&greeter(node, "x"), ttl).await.unwrap();
+        }
+        let shared = parts(&registry);
+        assert!(shared.iter().all(|part| Arc::ptr_eq(part, &shared[0])));
+        assert!(shared[0].nodes.is_empty());
+        let mut watch = registry.watch(Some("greeter")).await.unwrap();
+        // A node re-registered with other metadata gets a part of its own, and an update.
+        registry.register(&greeter("b", "y"), ttl).await.unwrap();
+        let event = watch.next().await.unwrap().unwrap();
+        assert_eq!(event.kind, EventKind::Update);
+        assert_eq!(event.service, greeter("b", "y"));
+        let parts = parts(&registry);
+        assert!(Arc::ptr_eq(&parts[0], &parts[2]));
+        assert!(!Arc::ptr_eq(&parts[0], &parts[1]));
+        assert_eq!(parts[1].metadata["team"], "y");
+        // Every node is read back, with its service.
+        let read = registry.get_service("greeter").await.unwrap();
+        let ids: Vec<&str> = read[0].nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!((read.len(), ids), (1, vec!["a", "b", "c"]));
+        assert_eq!(read[0].endpoints, greeter("a", "x").endpoints);
+    }
 }
