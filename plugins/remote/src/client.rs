@@ -19,6 +19,8 @@ use crate::proto::registry_v1 as pb;
 use crate::proto::registry_v1::registry_client::RegistryClient;
 use crate::security::{self, OWNER_METADATA, TOKEN_METADATA};
 
+/// Services (by name) asked for per page of `list_services`.
+const LIST_PAGE: u32 = 500;
 /// How long one unary call may take, connecting included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting may take.
@@ -143,9 +145,20 @@ impl RemoteRegistry {
         what: &str,
         call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T> {
+        self.answer(what, call)
+            .await?
+            .map_err(|status| self.failure(what, status))
+    }
+
+    /// The server's answer to a unary call, awaited for at most [`CALL_TIMEOUT`]: its reply or
+    /// its status (for the caller to tell codes apart).
+    async fn answer<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<std::result::Result<T, tonic::Status>> {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(self.failure(what, status)),
+            Ok(answer) => Ok(answer.map(tonic::Response::into_inner)),
             Err(_) => Err(Error::Timeout {
                 what: format!("{what} at the registry at {}", self.address),
                 after: CALL_TIMEOUT,
@@ -233,11 +246,49 @@ impl Registry for RemoteRegistry {
     }
 
     async fn list_services(&self) -> Result<Vec<Service>> {
-        let request = self.request(pb::ListServicesRequest {}, false);
-        let reply = self
-            .unary("list services", self.client.clone().list_services(request))
-            .await?;
-        Ok(services(reply.services))
+        // Page by page: no message holds the whole registry (a server that predates pages
+        // answers everything at once, with no next page).
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = self.request(
+                pb::ListServicesRequest {
+                    page_size: LIST_PAGE,
+                    page_token,
+                },
+                false,
+            );
+            let reply = self
+                .unary("list services", self.client.clone().list_services(request))
+                .await?;
+            all.extend(services(reply.services));
+            if reply.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = reply.next_page_token;
+        }
+    }
+
+    async fn list_names(&self) -> Result<Vec<String>> {
+        let request = self.request(pb::ListNamesRequest {}, false);
+        match self
+            .answer("list names", self.client.clone().list_names(request))
+            .await?
+        {
+            Ok(reply) => Ok(reply.names),
+            // A gateway that predates ListNames: the names of its whole list.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                let mut names: Vec<String> = self
+                    .list_services()
+                    .await?
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                names.dedup();
+                Ok(names)
+            }
+            Err(status) => Err(self.failure("list names", status)),
+        }
     }
 
     async fn watch(&self, service: Option<&str>) -> Result<Watcher> {

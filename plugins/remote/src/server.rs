@@ -226,10 +226,45 @@ impl pb::registry_server::Registry for RegistryService {
         request: Request<pb::ListServicesRequest>,
     ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
         self.authorize(&request, "list services")?;
-        let services = self.registry.list_services().await.map_err(status_of)?;
+        let pb::ListServicesRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        if page_size == 0 {
+            let services = self.registry.list_services().await.map_err(status_of)?;
+            return Ok(Response::new(pb::ListServicesResponse {
+                services: services.iter().map(Into::into).collect(),
+                next_page_token: String::new(),
+            }));
+        }
+        // A page: the next `page_size` names after the token (the last name of the previous
+        // page), each read on its own, so no reply and no copy holds the whole registry.
+        let names = self.registry.list_names().await.map_err(status_of)?;
+        let start = names.partition_point(|name| *name <= page_token);
+        let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
+        let page = &names[start..names.len().min(start.saturating_add(page_size))];
+        let mut services = Vec::new();
+        for name in page {
+            let versions = self.registry.get_service(name).await.map_err(status_of)?;
+            services.extend(versions.iter().map(pb::Service::from));
+        }
+        let more = start + page.len() < names.len();
         Ok(Response::new(pb::ListServicesResponse {
-            services: services.iter().map(Into::into).collect(),
+            services,
+            next_page_token: match page.last() {
+                Some(last) if more => last.clone(),
+                _ => String::new(),
+            },
         }))
+    }
+
+    async fn list_names(
+        &self,
+        request: Request<pb::ListNamesRequest>,
+    ) -> std::result::Result<Response<pb::ListNamesResponse>, Status> {
+        self.authorize(&request, "list names")?;
+        let names = self.registry.list_names().await.map_err(status_of)?;
+        Ok(Response::new(pb::ListNamesResponse { names }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::Event, Status>> + Send>>;

@@ -92,3 +92,43 @@ mod over_tls_with_token {
         observer: async { Some(client()) }
     );
 }
+
+/// Listing crosses pages (the client asks for 500 services a page): more services than a page
+/// holds, each listed once, in order, every version of a name in the same page (one at the
+/// boundary has two), and the names alone from `ListNames`.
+#[tokio::test]
+async fn list_services_reads_page_by_page() {
+    use micro_core::registry::{Node, Service};
+
+    let registry = remote_over_memory().await;
+    let ttl = std::time::Duration::from_secs(60);
+    let service = |name: &str, version: &str| Service {
+        name: name.into(),
+        version: version.into(),
+        nodes: vec![Node {
+            id: format!("{name}-{version}"),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let names: Vec<String> = (0..1_234).map(|i| format!("svc-{i:05}")).collect();
+    for name in &names {
+        registry.register(&service(name, "v1"), ttl).await.unwrap();
+    }
+    registry
+        .register(&service("svc-00499", "v2"), ttl)
+        .await
+        .unwrap();
+
+    let listed = registry.list_services().await.unwrap();
+    let versions: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|s| (s.name.as_str(), s.version.as_str()))
+        .collect();
+    let mut expected: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v1")).collect();
+    expected.insert(500, ("svc-00499", "v2"));
+    assert_eq!(versions, expected);
+    assert!(listed.iter().all(|s| s.nodes.len() == 1));
+    assert_eq!(registry.list_names().await.unwrap(), names);
+}
