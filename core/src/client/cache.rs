@@ -6,8 +6,8 @@
 //! every event doubled the registry's traffic).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -24,12 +24,19 @@ pub(super) const VERSION_METADATA: &str = "version";
 /// applied to, and what the nodes calls go to are derived from.
 type Nodes = BTreeMap<String, Node>;
 
+/// How many idle clones of a node's channel are kept for the next calls.
+const SPARE_CHANNELS: usize = 64;
+
 /// A node and the channel to it (connecting lazily, reconnecting by itself).
 pub(super) struct Target {
     pub(super) node: Node,
     /// The node's id, shared with every call's metrics labels.
     pub(super) id: Arc<str>,
     pub(super) channel: Channel,
+    /// Clones of `channel` that calls are done with. A call needs a clone of its own to wait
+    /// for the channel's readiness, and a fresh clone costs a new handle on the channel's
+    /// queue (its reservation allocated anew), then tearing it down: a kept one costs neither.
+    spare: Mutex<Vec<Channel>>,
 }
 
 impl Target {
@@ -38,6 +45,34 @@ impl Target {
             id: node.id.as_str().into(),
             node,
             channel,
+            spare: Mutex::default(),
+        }
+    }
+
+    /// The same node and channel, for another list of nodes (a filter's).
+    pub(super) fn share(&self) -> Self {
+        Target {
+            node: self.node.clone(),
+            id: self.id.clone(),
+            channel: self.channel.clone(),
+            spare: Mutex::default(),
+        }
+    }
+
+    /// A clone of the channel for one call: a spare one if any.
+    pub(super) fn take_channel(&self) -> Channel {
+        self.spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| self.channel.clone())
+    }
+
+    /// Keeps `channel`, which a call is done with, for the next call (unless enough are kept).
+    pub(super) fn give_back(&self, channel: Channel) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_CHANNELS {
+            spare.push(channel);
         }
     }
 }
@@ -46,6 +81,9 @@ impl Target {
 pub(super) struct Resolved {
     pub(super) targets: Vec<Target>,
     pub(super) turn: AtomicUsize,
+    /// Set once the cache holds another entry for the service, or none: whoever kept this one
+    /// to skip the lookup must look it up again.
+    retired: AtomicBool,
 }
 
 impl Resolved {
@@ -54,7 +92,17 @@ impl Resolved {
         Resolved {
             targets,
             turn: AtomicUsize::new(fastrand::usize(..)),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the cache has replaced or forgotten this entry.
+    pub(super) fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 }
 
@@ -130,7 +178,9 @@ impl Cache {
     }
 
     fn put(&self, service: &str, resolved: Arc<Resolved>) {
-        self.lock().insert(service.to_string(), resolved);
+        if let Some(previous) = self.lock().insert(service.to_string(), resolved) {
+            previous.retire();
+        }
     }
 
     /// Puts `new` in place of `current` if `current` is still the entry of `service`; false when
@@ -138,7 +188,7 @@ impl Cache {
     fn replace(&self, service: &str, current: &Arc<Resolved>, new: Arc<Resolved>) -> bool {
         match self.lock().get_mut(service) {
             Some(entry) if Arc::ptr_eq(entry, current) => {
-                *entry = new;
+                std::mem::replace(entry, new).retire();
                 true
             }
             _ => false,
@@ -151,8 +201,9 @@ impl Cache {
         if services
             .get(service)
             .is_some_and(|entry| Arc::ptr_eq(entry, current))
+            && let Some(forgotten) = services.remove(service)
         {
-            services.remove(service);
+            forgotten.retire();
         }
     }
 
@@ -540,6 +591,51 @@ mod tests {
         resolve(&cache, &registry, "greeter").await.unwrap();
         assert_eq!(counting.reads(), 2, "resolved afresh");
         assert_eq!(ids(&cache).unwrap(), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_retired_once_replaced_or_forgotten() {
+        let counting = Arc::new(Counting::default());
+        let registry: Arc<dyn Registry> = counting.clone();
+        let ttl = Duration::from_secs(60);
+        registry
+            .register(&greeter("v1", "a", &[]), ttl)
+            .await
+            .unwrap();
+        let cache = cache();
+        let first = resolve(&cache, &registry, "greeter").await.unwrap();
+        assert!(!first.retired());
+        registry
+            .register(&greeter("v1", "b", &[]), ttl)
+            .await
+            .unwrap();
+        until("b to appear", || ids(&cache).unwrap() == ["a", "b"]).await;
+        assert!(first.retired(), "replaced");
+        let second = cache.get("greeter").unwrap();
+        assert!(!second.retired());
+        counting.close_watches();
+        until("the entry to be forgotten", || ids(&cache).is_none()).await;
+        assert!(second.retired(), "forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_node_keeps_a_bounded_number_of_spare_channels() {
+        let node = greeter("v1", "a", &[]).nodes.remove(0);
+        let target = Target::new(
+            node,
+            Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+        );
+        let spare = || target.spare.lock().unwrap().len();
+        let taken: Vec<Channel> = (0..=SPARE_CHANNELS)
+            .map(|_| target.take_channel())
+            .collect();
+        assert_eq!(spare(), 0);
+        for channel in taken {
+            target.give_back(channel);
+        }
+        assert_eq!(spare(), SPARE_CHANNELS);
+        let _channel = target.take_channel();
+        assert_eq!(spare(), SPARE_CHANNELS - 1, "a spare one is taken first");
     }
 
     #[test]

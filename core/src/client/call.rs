@@ -17,8 +17,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -134,6 +134,12 @@ pub(super) struct Balancer {
     node: Option<Arc<str>>,
     /// Only the nodes this filter lets through.
     filter: Option<Arc<Filter>>,
+    /// The cache's entry for the service, as the last call found it: used again while the
+    /// cache keeps it, without a lookup.
+    resolved: Weak<Resolved>,
+    /// The gRPC path of the last call, shared with its metrics labels: a channel mostly calls
+    /// the same few methods, and this spares allocating each call's.
+    path: Option<Arc<str>>,
 }
 
 impl Balancer {
@@ -148,6 +154,28 @@ impl Balancer {
             service: service.into(),
             node: node.map(Into::into),
             filter,
+            resolved: Weak::new(),
+            path: None,
+        }
+    }
+
+    /// The service's entry in the cache, if it is resolved.
+    fn cached(&mut self) -> Option<Arc<Resolved>> {
+        if let Some(resolved) = self.resolved.upgrade()
+            && !resolved.retired()
+        {
+            return Some(resolved);
+        }
+        let resolved = self.inner.cache.get(&self.service)?;
+        self.resolved = Arc::downgrade(&resolved);
+        Some(resolved)
+    }
+
+    /// `path`, shared with the last call's when it is the same.
+    fn path(&mut self, path: &str) -> Arc<str> {
+        match &self.path {
+            Some(last) if **last == *path => last.clone(),
+            _ => self.path.insert(path.into()).clone(),
         }
     }
 }
@@ -176,7 +204,11 @@ impl Call<'_> {
 impl Service<http::Request<Body>> for Balancer {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+    /// The call's future boxed as it is made, then instrumented: wrapping the unboxed future
+    /// first would move it once more (it is large: every attempt's state is in it).
+    type Future = tracing::instrument::Instrumented<
+        Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -189,10 +221,12 @@ impl Service<http::Request<Body>> for Balancer {
         let timeout =
             grpc_timeout(request.headers()).map_or(inner.timeout, |t| t.min(inner.timeout));
         let deadline = Instant::now() + timeout;
-        let path: Arc<str> = request.uri().path().into();
+        let path = self.path(request.uri().path());
+        // Every call but a service's first finds it resolved: no timer is set for that.
+        let cached = self.cached();
         let span = tracing::debug_span!("call", service = %service, endpoint = %path);
-        Box::pin(tracing::Instrument::instrument(
-            async move {
+        tracing::Instrument::instrument(
+            Box::pin(async move {
                 let call = Call {
                     inner: &inner,
                     service: &service,
@@ -200,13 +234,18 @@ impl Service<http::Request<Body>> for Balancer {
                     deadline,
                     timeout,
                 };
-                let resolved =
-                    match tokio::time::timeout_at(deadline, resolved(&inner, &service, filter))
-                        .await
+                let resolved = match cached {
+                    Some(resolved) => filtered(&service, resolved, filter.as_deref())?,
+                    None => match tokio::time::timeout_at(
+                        deadline,
+                        resolved(&inner, &service, filter.as_deref()),
+                    )
+                    .await
                     {
                         Ok(resolved) => resolved?,
                         Err(_) => return Err(call.deadline_exceeded()),
-                    };
+                    },
+                };
                 let fallback = inner.fallback(&service, &path);
                 if let Some(fallback) = fallback
                     && node.is_none()
@@ -235,9 +274,9 @@ impl Service<http::Request<Body>> for Balancer {
                     return Ok(fallback.response());
                 }
                 result
-            },
+            }),
             span,
-        ))
+        )
     }
 }
 
@@ -245,11 +284,20 @@ impl Service<http::Request<Body>> for Balancer {
 async fn resolved(
     inner: &Inner,
     service: &str,
-    filter: Option<Arc<Filter>>,
+    filter: Option<&Filter>,
 ) -> Result<Arc<Resolved>, BoxError> {
     let resolved = resolve(&inner.cache, &inner.registry, service)
         .await
         .map_err(unavailable)?;
+    filtered(service, resolved, filter)
+}
+
+/// The nodes of `resolved` that `filter` lets through.
+fn filtered(
+    service: &str,
+    resolved: Arc<Resolved>,
+    filter: Option<&Filter>,
+) -> Result<Arc<Resolved>, BoxError> {
     match filter {
         // `UNAVAILABLE` naming the filter and the versions registered when no node passes.
         Some(filter) => Ok(filter.select(service, resolved)?),
@@ -293,7 +341,14 @@ async fn send(
                 .failed(service, target, "no response before the call's deadline");
         }
     };
-    match tokio::time::timeout_at(call.deadline, target.channel.clone().oneshot(request)).await {
+    let attempt = async {
+        let mut channel = target.take_channel();
+        let response = channel.ready().await?.call(request);
+        // The response does not need the channel: it can serve another call meanwhile.
+        target.give_back(channel);
+        response.await
+    };
+    match tokio::time::timeout_at(call.deadline, attempt).await {
         Err(_) => {
             unresponsive(record);
             Err(Failed::Deadline(call.deadline_exceeded()))

@@ -111,11 +111,7 @@ impl Filter {
                 .targets
                 .iter()
                 .filter(|t| self.passes(t))
-                .map(|t| Target {
-                    node: t.node.clone(),
-                    id: t.id.clone(),
-                    channel: t.channel.clone(),
-                })
+                .map(Target::share)
                 .collect();
             Some(Arc::new(Resolved::new(targets)))
         };

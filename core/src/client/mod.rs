@@ -86,7 +86,11 @@ impl std::fmt::Debug for ServiceChannel {
 impl Service<http::Request<Body>> for ServiceChannel {
     type Response = http::Response<Body>;
     type Error = tonic::Status;
-    type Future = futures::future::BoxFuture<'static, Result<http::Response<Body>, tonic::Status>>;
+    /// The wrapped call's own future with its error mapped: no second allocation per call.
+    type Future = futures::future::MapErr<
+        <CallService as Service<http::Request<Body>>>::Future,
+        fn(crate::BoxError) -> tonic::Status,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -96,8 +100,7 @@ impl Service<http::Request<Body>> for ServiceChannel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let call = self.0.call(request);
-        Box::pin(async move { call.await.map_err(tonic::Status::from_error) })
+        futures::TryFutureExt::map_err(self.0.call(request), tonic::Status::from_error)
     }
 }
 

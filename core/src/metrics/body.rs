@@ -61,23 +61,26 @@ impl Recording {
 
     /// Records the call as ended with `code` (the first call counts).
     pub(crate) fn finish(&mut self, code: Code) {
+        // Recorded already (this is the drop after the end): no clock to read.
+        let Some(side) = self.side.take() else {
+            return;
+        };
         let elapsed = self.started.elapsed();
         let code_label = crate::grpc::code_name(code);
-        match self.side.take() {
-            Some(Side::Server { service, endpoint }) => {
+        match side {
+            Side::Server { service, endpoint } => {
                 SERVER_REQUESTS.inc(&[&service, &endpoint, code_label]);
                 SERVER_LATENCY.observe(&[&service, &endpoint], elapsed);
                 SERVER_IN_FLIGHT.add(&[&service], -1);
             }
-            Some(Side::Client {
+            Side::Client {
                 service,
                 endpoint,
                 node,
-            }) => {
+            } => {
                 CLIENT_CALLS.inc(&[&service, &endpoint, &node, code_label]);
                 CLIENT_LATENCY.observe(&[&service, &endpoint, &node], elapsed);
             }
-            None => {}
         }
     }
 
