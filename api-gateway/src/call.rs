@@ -4,19 +4,20 @@
 //! request id, deadline); unary calls are made here, streamed ones in `stream` (server
 //! streaming over HTTP) and `websocket` (any streaming method over a WebSocket).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderName, StatusCode, header};
 use micro_core::client::ServiceChannel;
 use prost_reflect::{DynamicMessage, MethodDescriptor};
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 
 use crate::error::ApiError;
 use crate::gateway::GatewayState;
+use crate::metrics::{EndpointStats, Metrics};
 use crate::request::forward_metadata;
-use crate::schema::Schema;
+use crate::schema::{Route, Schema};
 use micro_core::dynamic::{self, DynamicCodec};
 
 /// What a request calls: a method of a registered service.
@@ -44,9 +45,11 @@ pub(crate) enum Input {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Labels {
     /// The registered service (`greeter`).
-    pub(crate) service: String,
+    pub(crate) service: Arc<str>,
     /// The gRPC service's short name and the method (`Greeter.SayHello`).
-    pub(crate) endpoint: String,
+    pub(crate) endpoint: Arc<str>,
+    /// The counters of the endpoint, when the call got as far as its method.
+    pub(crate) stats: Option<Arc<EndpointStats>>,
 }
 
 /// The body of `POST /rpc`, as micro's API took it.
@@ -108,23 +111,24 @@ pub(crate) async fn call(
     headers: &HeaderMap,
     input: Input,
 ) -> (Labels, Result<Response, ApiError>) {
-    let (method, schema) = match resolve_method(state, target).await {
+    let (route, schema) = match resolve_method(state, target).await {
         Ok(found) => found,
         Err(e) => return (Labels::default(), Err(e)),
     };
-    let labels = Labels::of(target, &method);
+    let labels = Labels::of(state, &schema, &route);
+    let method = &route.method;
     let result = async {
         if method.is_client_streaming() {
-            return Ok(needs_websocket(&labels.endpoint, &method));
+            return Ok(needs_websocket(&labels.endpoint, method));
         }
         // The body is checked before the token, as it always was for unary calls.
         if method.is_server_streaming() {
-            let message = transcode(state, &method, input)?;
-            let prepared = prepare(state, method, &schema, headers, &labels).await?;
+            let message = transcode(state, method, input)?;
+            let prepared = prepare(state, &route, &schema, headers, &labels).await?;
             crate::stream::respond(state, &labels, prepared, message, headers).await
         } else {
-            let request = encode_request(state, &method, input)?;
-            let prepared = prepare(state, method, &schema, headers, &labels).await?;
+            let request = encode_request(state, &route, input)?;
+            let prepared = prepare(state, &route, &schema, headers, &labels).await?;
             unary(prepared, request).await
         }
     }
@@ -133,11 +137,20 @@ pub(crate) async fn call(
 }
 
 impl Labels {
-    /// The labels of a call of `method` on `target`'s service.
-    pub(crate) fn of(target: &CallTarget, method: &MethodDescriptor) -> Labels {
+    /// The labels of a call of `route`, a method of `schema`.
+    pub(crate) fn of(state: &GatewayState, schema: &Schema, route: &Route) -> Labels {
         Labels {
-            service: target.service.clone(),
-            endpoint: format!("{}.{}", method.parent_service().name(), method.name()),
+            service: schema.name.clone(),
+            endpoint: route.endpoint.clone(),
+            stats: Some(route.stats(&state.metrics, &schema.name).clone()),
+        }
+    }
+
+    /// Records one request of these labels.
+    pub(crate) fn record(&self, metrics: &Metrics, status: u16, elapsed: Duration) {
+        match &self.stats {
+            Some(stats) => stats.record(status, elapsed),
+            None => metrics.record(&self.service, &self.endpoint, status, elapsed),
         }
     }
 }
@@ -148,6 +161,8 @@ impl Labels {
 pub(crate) struct Prepared {
     /// The method called.
     pub(crate) method: MethodDescriptor,
+    /// What calls of it need (its path, its plans).
+    route: Arc<Route>,
     /// The service's client channel (discovery, balancing, safe retries).
     channel: ServiceChannel,
     /// The metadata of the request, taken by [`Prepared::request`].
@@ -155,6 +170,9 @@ pub(crate) struct Prepared {
     /// How long the whole call may take: `--timeout`, or the client's shorter `grpc-timeout`.
     /// Sent as the gRPC deadline; a stream is ended by the gateway when it passes.
     pub(crate) timeout: Duration,
+    /// `timeout` as the `grpc-timeout` value, when it is the one kept ready
+    /// ([`grpc_timeout_value`]).
+    grpc_timeout: Option<AsciiMetadataValue>,
     /// When the call must be over (`timeout` from when it was prepared).
     pub(crate) deadline: tokio::time::Instant,
 }
@@ -165,7 +183,15 @@ impl Prepared {
     pub(crate) fn request<T>(&mut self, message: T) -> tonic::Request<T> {
         let metadata = std::mem::take(&mut self.metadata);
         let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::new(), message);
-        request.set_timeout(self.timeout);
+        match &self.grpc_timeout {
+            // What `set_timeout` would insert, made once.
+            Some(value) => {
+                request
+                    .metadata_mut()
+                    .insert(GRPC_TIMEOUT.clone(), value.clone());
+            }
+            None => request.set_timeout(self.timeout),
+        }
         request
     }
 
@@ -180,7 +206,7 @@ impl Prepared {
 
     /// The gRPC path of the method.
     pub(crate) fn path(&self) -> http::uri::PathAndQuery {
-        dynamic::path(&self.method)
+        self.route.path.clone()
     }
 
     /// The codec of the method: any request message out, its output message in.
@@ -209,39 +235,46 @@ pub(crate) fn transcode(
 /// The request of a unary call in wire format: the JSON body (or the query mapped onto fields)
 /// written straight to protobuf by the input message's plan ([`dynamic::Plan`]), with the bytes
 /// and errors of [`transcode`] and an encode.
-fn encode_request(
-    state: &GatewayState,
-    method: &MethodDescriptor,
-    input: Input,
-) -> Result<Vec<u8>, ApiError> {
-    let descriptor = method.input();
+fn encode_request(state: &GatewayState, route: &Route, input: Input) -> Result<Vec<u8>, ApiError> {
     let body = match input {
         Input::Json(body) => body,
-        Input::Query(query) => dynamic::query_to_json(&descriptor, &query)?,
+        Input::Query(query) => dynamic::query_to_json(&route.method.input(), &query)?,
     };
-    let plan = request_plan(state, &descriptor);
-    Ok(plan.encode(&body, state.options.allow_unknown_fields)?)
-}
-
-/// The plan of a request message, built once and kept with the schemas (dropped with them).
-fn request_plan(
-    state: &GatewayState,
-    descriptor: &prost_reflect::MessageDescriptor,
-) -> Arc<dynamic::Plan> {
-    let key = format!("wire plan {}", descriptor.full_name());
-    if let Some(plan) = state.schemas.derived::<dynamic::Plan>(&key)
-        && plan.descriptor() == descriptor
-    {
-        return plan;
-    }
-    let generation = state.schemas.generation();
-    let plan = Arc::new(dynamic::Plan::new(descriptor));
-    state.schemas.keep(&key, generation, plan.clone());
-    plan
+    Ok(route
+        .request_plan()
+        .encode(&body, state.options.allow_unknown_fields)?)
 }
 
 /// The request header naming the version to call, as go-micro routed by header.
 const VERSION_HEADER: &str = "Micro-Version";
+/// [`VERSION_HEADER`] as looked up: a name parsed once, not on every request.
+const VERSION_HEADER_NAME: HeaderName = HeaderName::from_static("micro-version");
+/// The request id's metadata key, parsed once.
+static REQUEST_ID: LazyLock<AsciiMetadataKey> =
+    LazyLock::new(|| AsciiMetadataKey::from_static("x-request-id"));
+/// The deadline's metadata key, as tonic's `Request::set_timeout` sets it.
+static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> =
+    LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
+
+/// The `grpc-timeout` value of `timeout`, exactly as tonic's `Request::set_timeout` writes it:
+/// kept for the gateway's own `--timeout`, the deadline of nearly every call, so that it is
+/// not formatted and parsed again on each.
+pub(crate) fn grpc_timeout_value(timeout: Duration) -> Option<AsciiMetadataValue> {
+    let mut request = tonic::Request::new(());
+    request.set_timeout(timeout);
+    request.metadata().get(&*GRPC_TIMEOUT).cloned()
+}
+
+/// A new request id: 16 lowercase hex digits (64 random bits), written without formatting.
+fn new_request_id() -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u64(..);
+    let mut id = [0u8; 16];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    id
+}
 
 /// Everything a call needs but its message: end-to-end headers forwarded as metadata, the auth
 /// decision (401/403 here, before anything is sent or upgraded), a request id, the deadline,
@@ -250,12 +283,12 @@ const VERSION_HEADER: &str = "Micro-Version";
 /// else to every node of the service.
 pub(crate) async fn prepare(
     state: &GatewayState,
-    method: MethodDescriptor,
+    route: &Arc<Route>,
     schema: &Schema,
     headers: &HeaderMap,
     labels: &Labels,
 ) -> Result<Prepared, ApiError> {
-    let channel = match headers.get(VERSION_HEADER) {
+    let channel = match headers.get(VERSION_HEADER_NAME) {
         None => schema.channel.clone(),
         Some(value) => {
             let version = value.to_str().map_err(|_| {
@@ -275,23 +308,32 @@ pub(crate) async fn prepare(
         auth.authorize(headers, &labels.service, &labels.endpoint, &mut metadata)
             .await?;
     }
-    if !metadata.contains_key("x-request-id") {
+    if !metadata.contains_key(&*REQUEST_ID) {
         // One id per call, logged by the gateway and by the service that handles it.
-        let id = format!("{:016x}", fastrand::u64(..));
-        tracing::Span::current().record("request_id", id.as_str());
-        if let Ok(mut value) = id.parse::<tonic::metadata::MetadataValue<_>>() {
+        let id = new_request_id();
+        if let Ok(text) = std::str::from_utf8(&id) {
+            tracing::Span::current().record("request_id", text);
+        }
+        if let Ok(mut value) = AsciiMetadataValue::try_from(&id[..]) {
             // New on every call: kept out of HTTP/2's header compression table (as traceparent).
             value.set_sensitive(true);
-            metadata.insert("x-request-id", value);
+            metadata.insert(REQUEST_ID.clone(), value);
         }
     }
     let timeout = micro_core::grpc::grpc_timeout(headers)
         .map_or(state.options.timeout, |t| t.min(state.options.timeout));
+    let grpc_timeout = if timeout == state.options.timeout {
+        state.grpc_timeout.clone()
+    } else {
+        None
+    };
     Ok(Prepared {
-        method,
+        method: route.method.clone(),
+        route: route.clone(),
         channel,
         metadata,
         timeout,
+        grpc_timeout,
         deadline: tokio::time::Instant::now() + timeout,
     })
 }
@@ -301,7 +343,7 @@ async fn unary(mut prepared: Prepared, request: Vec<u8>) -> Result<Response, Api
     let mut grpc = prepared.grpc().await?;
     let (path, codec) = (
         prepared.path(),
-        dynamic::WireCodec::new(prepared.method.output()),
+        dynamic::JsonReplyCodec::new(prepared.route.reply_plan().clone()),
     );
     // The service's own descriptors decode details of its own types.
     let pool = prepared.method.parent_pool().clone();
@@ -309,8 +351,18 @@ async fn unary(mut prepared: Prepared, request: Vec<u8>) -> Result<Response, Api
         .unary(prepared.request(request), path, codec)
         .await
         .map_err(|status| ApiError::from_service_status(&status, Some(&pool)))?;
-    let body = reply_json(reply.get_ref())?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let body = match reply.into_inner() {
+        dynamic::Reply::Json(json) => json,
+        dynamic::Reply::Message(message) => reply_json(&message)?,
+    };
+    // The response `([(CONTENT_TYPE, "application/json")], body)` makes, without parsing the
+    // content type (nor setting `application/octet-stream` first) on every call.
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// A reply as JSON; a reply that cannot be written as JSON is the gateway's `INTERNAL` error.
@@ -354,7 +406,7 @@ fn needs_websocket(endpoint: &str, method: &MethodDescriptor) -> Response {
 pub(crate) async fn resolve_method(
     state: &GatewayState,
     target: &CallTarget,
-) -> Result<(MethodDescriptor, Arc<Schema>), ApiError> {
+) -> Result<(Arc<Route>, Arc<Schema>), ApiError> {
     let CallTarget {
         service,
         grpc_service,
@@ -362,15 +414,72 @@ pub(crate) async fn resolve_method(
     } = target;
     let grpc_service = grpc_service.as_deref();
     let schema = state.schemas.get(service).await?;
-    match dynamic::find_method(service, &schema.services, grpc_service, method) {
-        Err(dynamic::MethodError::NotFound(_))
-            if schema.fetched.elapsed() > Duration::from_secs(2) =>
-        {
-            state.schemas.forget(service);
-            let schema = state.schemas.get(service).await?;
-            let method = dynamic::find_method(service, &schema.services, grpc_service, method)?;
-            Ok((method, schema))
+    let (method, schema) =
+        match dynamic::find_method(service, &schema.services, grpc_service, method) {
+            Err(dynamic::MethodError::NotFound(_))
+                if schema.fetched.elapsed() > Duration::from_secs(2) =>
+            {
+                state.schemas.forget(service);
+                let schema = state.schemas.get(service).await?;
+                let method = dynamic::find_method(service, &schema.services, grpc_service, method)?;
+                (method, schema)
+            }
+            result => (result?, schema),
+        };
+    // `find_method` searched this schema's services: the method has a route in it.
+    let route = schema.route(&method).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            tonic::Code::Internal,
+            format!(
+                "{} has no route in the schema it was found in",
+                method.full_name()
+            ),
+        )
+    })?;
+    Ok((route, schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_grpc_timeout_is_what_set_timeout_writes() {
+        for timeout in [
+            Duration::from_millis(1),
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+            Duration::from_nanos(123_456_789_123),
+        ] {
+            let mut request = tonic::Request::new(());
+            request.set_timeout(timeout);
+            let expected = request.metadata().get("grpc-timeout").cloned();
+            assert!(expected.is_some());
+            assert_eq!(grpc_timeout_value(timeout), expected, "{timeout:?}");
         }
-        result => Ok((result?, schema)),
+        assert_eq!(
+            grpc_timeout_value(Duration::from_secs(30)).unwrap(),
+            "30000000u"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_16_lowercase_hex_digits() {
+        let ids: Vec<[u8; 16]> = (0..64).map(|_| new_request_id()).collect();
+        for id in &ids {
+            let text = std::str::from_utf8(id).unwrap();
+            assert!(
+                text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{text}"
+            );
+            // The same digits `format!("{:016x}")` writes.
+            assert_eq!(
+                format!("{:016x}", u64::from_str_radix(text, 16).unwrap()),
+                text
+            );
+        }
+        assert!(ids.windows(2).any(|w| w[0] != w[1]), "random");
     }
 }

@@ -44,6 +44,8 @@ pub(crate) struct GatewayState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) cors: Cors,
     pub(crate) auth: Option<GatewayAuth>,
+    /// `--timeout` as a `grpc-timeout` value, made once ([`crate::call::grpc_timeout_value`]).
+    pub(crate) grpc_timeout: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl Gateway {
@@ -57,13 +59,14 @@ impl Gateway {
         let schemas = Schemas::new(registry.clone(), client);
         Gateway {
             state: Arc::new(GatewayState {
-                options,
                 registry,
                 schemas,
                 limiter,
                 metrics: Arc::default(),
                 cors,
                 auth: None,
+                grpc_timeout: crate::call::grpc_timeout_value(options.timeout),
+                options,
             }),
         }
     }

@@ -17,7 +17,7 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// One endpoint's counters: requests by HTTP status, and a latency histogram.
-#[derive(Default)]
+#[derive(Debug, Default, Clone)]
 struct Endpoint {
     by_status: Vec<(u16, u64)>,
     buckets: [u64; BUCKETS.len()],
@@ -30,10 +30,37 @@ struct Endpoint {
 /// grow the set. Keys are allocated once, on an endpoint's first request.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    services: Mutex<HashMap<String, HashMap<String, Endpoint>>>,
+    services: Mutex<HashMap<String, HashMap<String, Arc<EndpointStats>>>>,
     streams: Mutex<HashMap<(String, String), Streams>>,
     /// Requests being answered (see [`Metrics::in_flight`]).
     in_flight: AtomicI64,
+}
+
+/// One endpoint's counters, shared by the table and whoever records its requests.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointStats(Mutex<Endpoint>);
+
+impl EndpointStats {
+    /// Records one request.
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        let mut stats = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match stats.by_status.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => stats.by_status.push((status, 1)),
+        }
+        let seconds = elapsed.as_secs_f64();
+        for (bound, count) in BUCKETS.iter().zip(stats.buckets.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        stats.sum += seconds;
+        stats.count += 1;
+    }
+
+    fn snapshot(&self) -> Endpoint {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// One request in flight: counted from [`Metrics::in_flight`] until dropped.
@@ -62,27 +89,21 @@ impl Metrics {
 
     /// Records one request.
     pub(crate) fn record(&self, service: &str, endpoint: &str, status: u16, elapsed: Duration) {
+        self.endpoint(service, endpoint).record(status, elapsed);
+    }
+
+    /// The counters of `endpoint` of `service`, to record its requests without looking it up
+    /// by name each time.
+    pub(crate) fn endpoint(&self, service: &str, endpoint: &str) -> Arc<EndpointStats> {
         let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
         let endpoints = match services.get_mut(service) {
             Some(endpoints) => endpoints,
             None => services.entry(service.to_string()).or_default(),
         };
-        let stats = match endpoints.get_mut(endpoint) {
-            Some(stats) => stats,
-            None => endpoints.entry(endpoint.to_string()).or_default(),
-        };
-        match stats.by_status.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, n)) => *n += 1,
-            None => stats.by_status.push((status, 1)),
+        match endpoints.get(endpoint) {
+            Some(stats) => stats.clone(),
+            None => endpoints.entry(endpoint.to_string()).or_default().clone(),
         }
-        let seconds = elapsed.as_secs_f64();
-        for (bound, count) in BUCKETS.iter().zip(stats.buckets.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        stats.sum += seconds;
-        stats.count += 1;
     }
 
     /// Starts counting a streamed call of `endpoint`; it is recorded when the returned
@@ -116,9 +137,9 @@ impl Metrics {
     /// The Prometheus text exposition, sorted by labels.
     pub(crate) fn render(&self) -> String {
         let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<(&String, &String, &Endpoint)> = services
+        let mut rows: Vec<(&String, &String, Endpoint)> = services
             .iter()
-            .flat_map(|(s, eps)| eps.iter().map(move |(e, stats)| (s, e, stats)))
+            .flat_map(|(s, eps)| eps.iter().map(move |(e, stats)| (s, e, stats.snapshot())))
             .collect();
         rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut out = String::new();
@@ -275,6 +296,36 @@ mod tests {
             text.contains("_count{service=\"greeter\",endpoint=\"Greeter.SayHello\"} 3"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_kept_handle_counts_in_the_same_row_as_its_names() {
+        let (by_name, by_handle) = (Metrics::default(), Metrics::default());
+        let stats = by_handle.endpoint("greeter", "Greeter.SayHello");
+        for (status, millis) in [(200, 3), (200, 30), (400, 1)] {
+            let elapsed = Duration::from_millis(millis);
+            by_name.record("greeter", "Greeter.SayHello", status, elapsed);
+            stats.record(status, elapsed);
+        }
+        // Found again by name: the same counters.
+        by_name.record("greeter", "Greeter.SayHello", 503, Duration::from_secs(2));
+        by_handle
+            .endpoint("greeter", "Greeter.SayHello")
+            .record(503, Duration::from_secs(2));
+        assert!(Arc::ptr_eq(
+            &stats,
+            &by_handle.endpoint("greeter", "Greeter.SayHello")
+        ));
+        // The gateway's own rows (core's, appended after them, are the process's).
+        let own = |text: String| {
+            let end = text
+                .find("# HELP micro_gateway_requests_in_flight")
+                .unwrap_or(text.len());
+            text[..end].to_string()
+        };
+        let text = own(by_handle.render());
+        assert!(text.contains("status=\"503\"} 1"), "{text}");
+        assert_eq!(own(by_name.render()), text);
     }
 
     #[test]

@@ -58,22 +58,38 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
+    if value.as_bytes() == b"application/json" {
+        // What nearly every client sends: no parsing.
+        return Ok(());
+    }
     let text = value
         .to_str()
         .map_err(|_| unsupported("a content type that is not ASCII"))?;
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    let json = essence == "application/json"
-        || essence == "application/x-www-form-urlencoded"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    // Compared without case, and without a lowercase copy on every request.
+    let is = |expected: &str| essence.eq_ignore_ascii_case(expected);
+    let has_prefix = |prefix: &str| {
+        essence
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    let has_suffix = |suffix: &str| {
+        essence
+            .len()
+            .checked_sub(suffix.len())
+            .and_then(|start| essence.get(start..))
+            .is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+    };
+    let json = is("application/json")
+        || is("application/x-www-form-urlencoded")
+        || (has_prefix("application/") && has_suffix("+json"));
     if json {
         Ok(())
     } else {
-        Err(unsupported(&format!("content type `{essence}`")))
+        Err(unsupported(&format!(
+            "content type `{}`",
+            essence.to_ascii_lowercase()
+        )))
     }
 }
 
@@ -186,6 +202,37 @@ mod tests {
             ["authorization", "x-trace"],
             "hop-by-hop, reserved, binary, cookies and spoofed account headers stay behind"
         );
+    }
+
+    #[test]
+    fn json_content_types_are_read_whatever_their_case() {
+        let check = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            check_content_type(&headers).map_err(|e| e.message)
+        };
+        for accepted in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/x-www-form-urlencoded ",
+            "application/problem+json",
+            "APPLICATION/VND.API+JSON;x=1",
+        ] {
+            assert!(check(accepted).is_ok(), "{accepted}");
+        }
+        for (refused, named) in [
+            ("text/plain", "text/plain"),
+            ("Text/JSON", "text/json"),
+            ("application/+jsonx", "application/+jsonx"),
+            ("+json", "+json"),
+        ] {
+            let message = check(refused).unwrap_err();
+            assert!(
+                message.contains(&format!("content type `{named}`")),
+                "{refused}: {message}"
+            );
+        }
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
     }
 
     #[test]

@@ -57,35 +57,21 @@ pub(crate) fn parse(path: &str) -> Result<Target<'_>, ApiError> {
     if rest.is_empty() {
         return Ok(Target::Index);
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    for segment in &segments {
-        if segment.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "the path `{path}` has an empty segment"
-            )));
+    // The first segments, without collecting them all: routes have at most three, and a longer
+    // path is refused once every segment is checked (a bad segment is named first).
+    let mut first = [""; 3];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        check_segment(path, segment)?;
+        if let Some(slot) = first.get_mut(count) {
+            *slot = segment;
         }
-        if *segment == "." || *segment == ".." {
-            return Err(ApiError::bad_request(format!(
-                "the path `{path}` has a dot segment"
-            )));
-        }
-        if let Some(bad) = segment
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-        {
-            let what = if segment.to_ascii_lowercase().contains("%2f")
-                || segment.to_ascii_lowercase().contains("%5c")
-            {
-                "an encoded slash".to_string()
-            } else {
-                format!("the character `{bad}`")
-            };
-            return Err(ApiError::bad_request(format!(
-                "the path segment `{segment}` has {what}; names are letters, digits, `.`, `-` and `_`"
-            )));
-        }
+        count += 1;
     }
-    Ok(match segments.as_slice() {
+    let Some(segments) = first.get(..count) else {
+        return Err(no_route(path));
+    };
+    Ok(match segments {
         ["health"] => Target::Health,
         ["health", "ready"] => Target::Ready,
         ["metrics"] => Target::Metrics,
@@ -106,12 +92,47 @@ pub(crate) fn parse(path: &str) -> Result<Target<'_>, ApiError> {
             grpc_service: Some(grpc_service),
             method,
         },
-        _ => {
-            return Err(ApiError::not_found(format!(
-                "no route for `{path}`: use /{{service}}/{{Service}}/{{Method}}"
-            )));
-        }
+        _ => return Err(no_route(path)),
     })
+}
+
+fn no_route(path: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for `{path}`: use /{{service}}/{{Service}}/{{Method}}"
+    ))
+}
+
+/// Refuses an empty or dot segment, and characters outside names (naming the first one).
+fn check_segment(path: &str, segment: &str) -> Result<(), ApiError> {
+    if segment.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "the path `{path}` has an empty segment"
+        )));
+    }
+    if segment == "." || segment == ".." {
+        return Err(ApiError::bad_request(format!(
+            "the path `{path}` has a dot segment"
+        )));
+    }
+    let name_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    // Bytes first (no UTF-8 decoding on every request); the character only to name it.
+    if segment.bytes().all(|b| name_byte(&b)) {
+        return Ok(());
+    }
+    let bad = segment
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        .unwrap_or('?');
+    let what = if segment.to_ascii_lowercase().contains("%2f")
+        || segment.to_ascii_lowercase().contains("%5c")
+    {
+        "an encoded slash".to_string()
+    } else {
+        format!("the character `{bad}`")
+    };
+    Err(ApiError::bad_request(format!(
+        "the path segment `{segment}` has {what}; names are letters, digits, `.`, `-` and `_`"
+    )))
 }
 
 #[cfg(test)]
@@ -161,6 +182,16 @@ mod tests {
         assert_eq!(
             parse("/a/b/c/d").unwrap_err().status,
             http::StatusCode::NOT_FOUND
+        );
+        // Every segment is checked before the route: a bad fifth segment is named.
+        let past_three = parse("/a/b/c/d/e%2Ff").unwrap_err();
+        assert_eq!(past_three.status, http::StatusCode::BAD_REQUEST);
+        assert!(past_three.message.contains("an encoded slash"));
+        assert!(
+            parse("/gré/x")
+                .unwrap_err()
+                .message
+                .contains("the character `é`")
         );
     }
 }

@@ -9,25 +9,29 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use prost_reflect::ServiceDescriptor;
+use prost_reflect::{MethodDescriptor, ServiceDescriptor};
 use tokio::sync::OnceCell;
 
 use micro_core::client::{Filter, ServiceChannel};
+use micro_core::dynamic;
 use micro_core::registry::Watcher;
 use micro_core::{Client, Registry};
 
 use crate::error::ApiError;
+use crate::metrics::{EndpointStats, Metrics};
 
 /// The routable gRPC services of one registered service.
 pub(crate) struct Schema {
-    /// The registered service's name.
-    name: String,
+    /// The registered service's name (shared with the labels of its calls).
+    pub(crate) name: Arc<str>,
     /// Its gRPC services (reflection and health left out).
     pub(crate) services: Vec<ServiceDescriptor>,
+    /// What calls of each method need, by service (as `services`) and method index.
+    routes: Vec<Vec<Arc<Route>>>,
     /// When the descriptors were fetched.
     pub(crate) fetched: Instant,
     /// The client channel to the service, made once rather than per request.
@@ -40,6 +44,56 @@ pub(crate) struct Schema {
     /// The task watching the service for changes, stopped with the schema. Set once the schema
     /// is built: the task holds only a weak reference, which must already upgrade.
     watch: std::sync::OnceLock<StopOnDrop>,
+}
+
+/// One method of a schema and what every call of it needs, computed once per schema rather
+/// than per request.
+pub(crate) struct Route {
+    /// The method.
+    pub(crate) method: MethodDescriptor,
+    /// The endpoint label of its calls: the gRPC service's short name and the method
+    /// (`Greeter.SayHello`).
+    pub(crate) endpoint: Arc<str>,
+    /// The gRPC path (`/greeter.v1.Greeter/SayHello`).
+    pub(crate) path: http::uri::PathAndQuery,
+    /// How its request is written from JSON to the wire, built on its first unary call.
+    plan: OnceLock<dynamic::Plan>,
+    /// How its reply is written from the wire to JSON, built on its first unary call.
+    reply: OnceLock<Arc<dynamic::ReplyPlan>>,
+    /// Its request counters, found by name on its first call.
+    stats: OnceLock<Arc<EndpointStats>>,
+}
+
+impl Route {
+    fn new(method: MethodDescriptor) -> Route {
+        Route {
+            endpoint: format!("{}.{}", method.parent_service().name(), method.name()).into(),
+            path: dynamic::path(&method),
+            plan: OnceLock::new(),
+            reply: OnceLock::new(),
+            stats: OnceLock::new(),
+            method,
+        }
+    }
+
+    /// The plan of the request message ([`dynamic::Plan`]).
+    pub(crate) fn request_plan(&self) -> &dynamic::Plan {
+        self.plan
+            .get_or_init(|| dynamic::Plan::new(&self.method.input()))
+    }
+
+    /// The counters of its calls, as `metrics` keeps them for the registered service
+    /// `service` (the one the route's schema is of).
+    pub(crate) fn stats(&self, metrics: &Metrics, service: &str) -> &Arc<EndpointStats> {
+        self.stats
+            .get_or_init(|| metrics.endpoint(service, &self.endpoint))
+    }
+
+    /// The plan of the reply message ([`dynamic::ReplyPlan`]).
+    pub(crate) fn reply_plan(&self) -> &Arc<dynamic::ReplyPlan> {
+        self.reply
+            .get_or_init(|| Arc::new(dynamic::ReplyPlan::new(&self.method.output())))
+    }
 }
 
 /// Aborts a task when dropped.
@@ -56,6 +110,16 @@ impl Drop for StopOnDrop {
 const MAX_VERSION_CHANNELS: usize = 16;
 
 impl Schema {
+    /// The route of `method`, one of this schema's methods (as [`dynamic::find_method`] finds
+    /// them); `None` for a method of another schema.
+    pub(crate) fn route(&self, method: &MethodDescriptor) -> Option<Arc<Route>> {
+        let service = self
+            .services
+            .iter()
+            .position(|s| s == method.parent_service())?;
+        self.routes.get(service)?.get(method.index()).cloned()
+    }
+
     /// The channel to the nodes of `version` (which `filter` selects), made once per version.
     pub(crate) fn versioned(&self, version: &str, filter: Filter) -> ServiceChannel {
         let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
@@ -103,8 +167,20 @@ impl Schemas {
 
     /// The schema of `service`; concurrent first requests share one fetch.
     pub(crate) async fn get(&self, service: &str) -> Result<Arc<Schema>, ApiError> {
-        let entry = self.lock().entry(service.to_string()).or_default().clone();
-        let result = entry.get_or_try_init(|| self.fetch(service)).await.cloned();
+        let entry = {
+            let mut entries = self.lock();
+            // Looked up before `entry`, which would take an owned name on every request.
+            match entries.get(service) {
+                Some(entry) => entry.clone(),
+                None => entries.entry(service.to_string()).or_default().clone(),
+            }
+        };
+        // The fetch (reflection, the registry) is boxed: a future that carries it inline is
+        // kilobytes, moved on every request though the schema is nearly always there already.
+        let result = entry
+            .get_or_try_init(|| Box::pin(self.fetch(service)))
+            .await
+            .cloned();
         if result.is_err() {
             // Do not keep entries for names that failed (unknown services must not pile up).
             // Nothing built from the schemas had this one: what was built stays good.
@@ -124,9 +200,9 @@ impl Schemas {
     /// dropped before must not drop its successor).
     fn forget_schema(&self, schema: &Arc<Schema>) {
         let mut entries = self.lock();
-        let current = entries.get(&schema.name).and_then(|entry| entry.get());
+        let current = entries.get(&*schema.name).and_then(|entry| entry.get());
         if current.is_some_and(|current| Arc::ptr_eq(current, schema)) {
-            entries.remove(&schema.name);
+            entries.remove(&*schema.name);
             drop(entries);
             self.invalidate_derived();
         }
@@ -219,9 +295,14 @@ impl Schemas {
             .filter_map(|n| pool.get_service_by_name(n))
             .collect();
         tracing::info!(%service, grpc_services = ?names, "descriptors fetched by reflection");
+        let routes = services
+            .iter()
+            .map(|s| s.methods().map(|m| Arc::new(Route::new(m))).collect())
+            .collect();
         let schema = Arc::new(Schema {
+            routes,
             channel: self.client.channel(service),
-            name: service.to_string(),
+            name: service.into(),
             client: self.client.clone(),
             versions: Mutex::default(),
             services,
@@ -260,6 +341,43 @@ async fn forget_on_change(schemas: Weak<Schemas>, schema: Weak<Schema>, mut watc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_has_the_label_path_and_plans_of_its_method() {
+        let dir = std::env::temp_dir().join(format!(
+            "micro-route-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("g.proto"),
+            "syntax = \"proto3\"; package g.v1;\n\
+             message In { string name = 1; }\n\
+             message Out { string message = 1; }\n\
+             service Greeter { rpc SayHello(In) returns (Out); }\n",
+        )
+        .unwrap();
+        let files = protox::compile(["g.proto"], [&dir]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(files).unwrap();
+        let method = pool
+            .get_service_by_name("g.v1.Greeter")
+            .unwrap()
+            .methods()
+            .next()
+            .unwrap();
+        let route = Route::new(method.clone());
+        assert_eq!(&*route.endpoint, "Greeter.SayHello");
+        assert_eq!(route.path, dynamic::path(&method));
+        assert_eq!(route.path.as_str(), "/g.v1.Greeter/SayHello");
+        assert_eq!(route.request_plan().descriptor(), &method.input());
+        assert_eq!(route.reply_plan().descriptor(), &method.output());
+        assert!(!route.reply_plan().is_fallback());
+        // Built once: the same plan on every call.
+        assert!(std::ptr::eq(route.request_plan(), route.request_plan()));
+        assert!(Arc::ptr_eq(route.reply_plan(), route.reply_plan()));
+    }
 
     #[tokio::test]
     async fn derived_values_go_with_any_schema_and_never_come_back_stale() {

@@ -80,11 +80,12 @@ pub(crate) async fn call(
     target: &CallTarget,
     mut parts: http::request::Parts,
 ) -> (Labels, Result<Response, ApiError>) {
-    let (method, schema) = match call::resolve_method(state, target).await {
+    let (route, schema) = match call::resolve_method(state, target).await {
         Ok(found) => found,
         Err(e) => return (Labels::default(), Err(e)),
     };
-    let labels = Labels::of(target, &method);
+    let labels = Labels::of(state, &schema, &route);
+    let method = &route.method;
     let result = async {
         if !method.is_client_streaming() && !method.is_server_streaming() {
             return Err(ApiError::bad_request(format!(
@@ -96,12 +97,12 @@ pub(crate) async fn call(
         let request = match parts.uri.query().filter(|q| !q.is_empty()) {
             Some(query) if !method.is_client_streaming() => Some(call::transcode(
                 state,
-                &method,
+                method,
                 Input::Query(query.to_string()),
             )?),
             _ => None,
         };
-        let prepared = call::prepare(state, method, &schema, &parts.headers, &labels).await?;
+        let prepared = call::prepare(state, &route, &schema, &parts.headers, &labels).await?;
         let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
             .await
             .map_err(|rejection| {

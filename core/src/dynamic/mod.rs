@@ -25,11 +25,16 @@ mod comments;
 mod json;
 mod method;
 pub mod reflection;
+mod reply;
 mod transcode;
 mod unique;
 
-pub use codec::{BytesEncoder, DynamicCodec, DynamicDecoder, DynamicEncoder, WireCodec};
+pub use codec::{
+    BytesEncoder, DynamicCodec, DynamicDecoder, DynamicEncoder, JsonReplyCodec, JsonReplyDecoder,
+    Reply, WireCodec,
+};
 pub use comments::{field_comment, leading_comment, message_comment, method_comment};
 pub use json::{JsonError, MAX_DEPTH, check_unique_keys, from_json, query_to_json, to_json};
 pub use method::{MethodError, find_method, normalize, path};
+pub use reply::ReplyPlan;
 pub use transcode::{Plan, json_to_wire};

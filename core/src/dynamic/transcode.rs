@@ -45,8 +45,9 @@ pub struct Plan {
 
 #[derive(Debug)]
 struct MessagePlan {
-    /// JSON names first, proto names where no JSON name is the same (prost-reflect's lookup).
-    by_name: HashMap<Box<str>, usize>,
+    /// JSON names first, proto names where no JSON name is the same (prost-reflect's lookup),
+    /// sorted by name: a binary search costs less than hashing the key with SipHash.
+    by_name: Vec<(Box<str>, usize)>,
     fields: Vec<FieldPlan>,
 }
 
@@ -272,6 +273,8 @@ fn build(root: &MessageDescriptor) -> Option<Vec<MessagePlan>> {
         for (i, field) in message.fields().enumerate() {
             by_name.entry(field.name().into()).or_insert(i);
         }
+        let mut by_name: Vec<(Box<str>, usize)> = by_name.into_iter().collect();
+        by_name.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         plans.push(MessagePlan { by_name, fields });
     }
     Some(plans)
@@ -348,7 +351,10 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_> {
         let mut sorted = true;
         let mut last = 0u32;
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let Some(&i) = plan.by_name.get(key.as_str()) else {
+            let found = plan
+                .by_name
+                .binary_search_by(|(name, _)| (**name).cmp(key.as_str()));
+            let Ok(i) = found.map(|at| plan.by_name[at].1) else {
                 if !enc.allow_unknown || !unknown.insert(key.0.into_owned()) {
                     return Err(reject());
                 }
@@ -383,11 +389,17 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_> {
                 oneofs |= bit;
             }
             if enc.out.len() > field_start {
-                if field.number < last {
+                if sorted && field.number < last {
+                    // The first field out of order: the spans of those before it, from their
+                    // bytes (in order, the common case, no span is ever recorded).
                     sorted = false;
+                    spans_of(&enc.out[..field_start], start, span_base, &mut enc.spans)
+                        .ok_or_else(reject)?;
                 }
                 last = field.number;
-                enc.spans.push((field.number, field_start, enc.out.len()));
+                if !sorted {
+                    enc.spans.push((field.number, field_start, enc.out.len()));
+                }
             }
         }
         if !sorted {
@@ -403,6 +415,41 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_> {
         enc.spans.truncate(span_base);
         Ok(())
     }
+}
+
+/// Pushes onto `spans` (above `base`, the spans of enclosing messages) the spans of the fields
+/// written in `out` from `start`: the records of one field are adjacent, so adjacent records of
+/// one number are one span. `None` if the bytes do not parse (they are this pass's own).
+fn spans_of(
+    out: &[u8],
+    start: usize,
+    base: usize,
+    spans: &mut Vec<(u32, usize, usize)>,
+) -> Option<()> {
+    let mut rest = out.get(start..)?;
+    while !rest.is_empty() {
+        let at = out.len() - rest.len();
+        let (number, wire_type) = prost::encoding::decode_key(&mut rest).ok()?;
+        match wire_type {
+            WireType::Varint => {
+                prost::encoding::decode_varint(&mut rest).ok()?;
+            }
+            WireType::SixtyFourBit => rest = rest.get(8..)?,
+            WireType::ThirtyTwoBit => rest = rest.get(4..)?,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+                rest = rest.get(len..)?;
+            }
+            _ => return None,
+        }
+        let end = out.len() - rest.len();
+        let mine = spans.len() > base;
+        match spans.last_mut() {
+            Some(last) if mine && last.0 == number && last.2 == at => last.2 = end,
+            _ => spans.push((number, at, end)),
+        }
+    }
+    Some(())
 }
 
 /// A key as a string (borrowed from the body when it has no escapes).
@@ -1061,4 +1108,4 @@ impl<'de> Visitor<'de> for Skip {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

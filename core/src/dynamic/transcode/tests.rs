@@ -78,7 +78,7 @@ const SCALARS: [(&str, Type); 15] = [
 /// bool keys and message values, nested and recursive messages, a oneof, proto3 `optional`,
 /// enums, a custom json_name) and `t.WithWkt` (a `Timestamp` one message down). Built by hand:
 /// core has no protox dev-dependency.
-fn schema() -> DescriptorPool {
+pub(crate) fn schema() -> DescriptorPool {
     use Label::{Optional, Repeated};
     let mut all = Vec::new();
     // Declared out of number order, so that order matters.
@@ -250,7 +250,7 @@ fn schema() -> DescriptorPool {
 
 /// What the generator may break in a body.
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Break {
+pub(crate) enum Break {
     None,
     UnknownField,
     WrongType,
@@ -259,13 +259,13 @@ enum Break {
     TwoOneofMembers,
 }
 
-struct Gen {
-    rng: fastrand::Rng,
-    broken: Break,
+pub(crate) struct Gen {
+    pub(crate) rng: fastrand::Rng,
+    pub(crate) broken: Break,
     /// Whether the break was placed.
-    placed: bool,
+    pub(crate) placed: bool,
     /// Whether a map got two entries or more (prost-reflect orders them at random).
-    multi_entry_map: bool,
+    pub(crate) multi_entry_map: bool,
 }
 
 impl Gen {
@@ -295,7 +295,7 @@ impl Gen {
         out
     }
 
-    fn message(&mut self, message: &MessageDescriptor, depth: usize) -> String {
+    pub(crate) fn message(&mut self, message: &MessageDescriptor, depth: usize) -> String {
         if message.full_name() == "google.protobuf.Timestamp" {
             return format!("\"2024-01-0{}T03:04:05.5Z\"", 1 + self.rng.u8(..9));
         }
