@@ -23,6 +23,7 @@
 mod codec;
 mod comments;
 mod json;
+mod kind;
 mod method;
 pub mod reflection;
 mod reply;

@@ -19,6 +19,10 @@ use prost_reflect::{Kind, MessageDescriptor, Syntax};
 use serde::Serializer as _;
 use std::collections::HashMap;
 
+use prost::encoding::WireType;
+
+use super::kind::{Messages, special};
+
 /// Deepest nesting of messages written here (prost refuses past 100; deeper replies take the
 /// existing path, which answers what it always did).
 pub(crate) const MAX_NESTING: usize = 64;
@@ -63,27 +67,8 @@ enum Shape {
     Map { key: K, value: K },
 }
 
-/// A field's kind; enums and messages by their index in [`Tables`].
-#[derive(Debug, Clone, Copy)]
-enum K {
-    Double,
-    Float,
-    Int32,
-    Int64,
-    Uint32,
-    Uint64,
-    Sint32,
-    Sint64,
-    Fixed32,
-    Fixed64,
-    Sfixed32,
-    Sfixed64,
-    Bool,
-    String,
-    Bytes,
-    Enum(usize),
-    Message(usize),
-}
+/// A field's kind; enums by their index in [`Tables`].
+type K = super::kind::K<usize>;
 
 /// An enum's names by number, each already a JSON string; the name prost-reflect picks for a
 /// number (aliases included).
@@ -94,22 +79,13 @@ struct EnumJson {
     default: i32,
 }
 
-/// Wire types.
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const FIXED32: u8 = 5;
-
-impl K {
-    fn wire_type(self) -> u8 {
-        match self {
-            K::Double | K::Fixed64 | K::Sfixed64 => FIXED64,
-            K::Float | K::Fixed32 | K::Sfixed32 => FIXED32,
-            K::String | K::Bytes | K::Message(_) => LEN,
-            _ => VARINT,
-        }
-    }
+/// The wire type of `kind`'s values, as it is read off a field's key.
+fn wire_of(kind: K) -> u8 {
+    kind.wire_type() as u8
 }
+
+/// The wire type of length-delimited values (strings, bytes, messages, packed lists).
+const LEN: u8 = WireType::LengthDelimited as u8;
 
 impl ReplyPlan {
     /// The plan of `descriptor`'s message. A message of a shape not handled here (see the
@@ -145,14 +121,11 @@ impl ReplyPlan {
 }
 
 fn build(root: &MessageDescriptor) -> Option<Tables> {
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut reached = Messages::new(root);
     let mut enum_index: HashMap<String, usize> = HashMap::new();
     let mut enums = Vec::new();
-    let mut queue = vec![root.clone()];
-    index.insert(root.full_name().to_string(), 0);
     let mut messages = Vec::new();
-    while messages.len() < queue.len() {
-        let message = queue[messages.len()].clone();
+    while let Some(message) = reached.get(messages.len()) {
         if special(message.full_name()) || message.parent_file().syntax() != Syntax::Proto3 {
             return None;
         }
@@ -161,55 +134,30 @@ fn build(root: &MessageDescriptor) -> Option<Tables> {
             return None;
         }
         let mut kind_of = |kind: Kind| -> Option<K> {
-            Some(match kind {
-                Kind::Double => K::Double,
-                Kind::Float => K::Float,
-                Kind::Int32 => K::Int32,
-                Kind::Int64 => K::Int64,
-                Kind::Uint32 => K::Uint32,
-                Kind::Uint64 => K::Uint64,
-                Kind::Sint32 => K::Sint32,
-                Kind::Sint64 => K::Sint64,
-                Kind::Fixed32 => K::Fixed32,
-                Kind::Fixed64 => K::Fixed64,
-                Kind::Sfixed32 => K::Sfixed32,
-                Kind::Sfixed64 => K::Sfixed64,
-                Kind::Bool => K::Bool,
-                Kind::String => K::String,
-                Kind::Bytes => K::Bytes,
-                Kind::Enum(e) => {
-                    if special(e.full_name()) {
-                        return None;
-                    }
-                    let next = enums.len();
-                    let i = *enum_index.entry(e.full_name().to_string()).or_insert(next);
-                    if i == next {
-                        let mut names: Vec<(i32, Box<[u8]>)> = Vec::new();
-                        for value in e.values() {
-                            let number = value.number();
-                            if names.iter().any(|(n, _)| *n == number) {
-                                continue;
-                            }
-                            // The value prost-reflect finds for the number (aliases share one).
-                            let name = e.get_value(number)?;
-                            names.push((number, json_string(name.name())?));
+            reached.kind(kind, |e| {
+                if special(e.full_name()) {
+                    return None;
+                }
+                let next = enums.len();
+                let i = *enum_index.entry(e.full_name().to_string()).or_insert(next);
+                if i == next {
+                    let mut names: Vec<(i32, Box<[u8]>)> = Vec::new();
+                    for value in e.values() {
+                        let number = value.number();
+                        if names.iter().any(|(n, _)| *n == number) {
+                            continue;
                         }
-                        names.sort_unstable_by_key(|(n, _)| *n);
-                        enums.push(EnumJson {
-                            names,
-                            default: e.default_value().number(),
-                        });
+                        // The value prost-reflect finds for the number (aliases share one).
+                        let name = e.get_value(number)?;
+                        names.push((number, json_string(name.name())?));
                     }
-                    K::Enum(i)
+                    names.sort_unstable_by_key(|(n, _)| *n);
+                    enums.push(EnumJson {
+                        names,
+                        default: e.default_value().number(),
+                    });
                 }
-                Kind::Message(m) => {
-                    let next = queue.len();
-                    let i = *index.entry(m.full_name().to_string()).or_insert(next);
-                    if i == next {
-                        queue.push(m);
-                    }
-                    K::Message(i)
-                }
+                Some(i)
             })
         };
         let mut fields = Vec::new();
@@ -223,10 +171,7 @@ fn build(root: &MessageDescriptor) -> Option<Tables> {
                 };
                 let key = kind_of(entry.map_entry_key_field().kind())?;
                 let value = kind_of(entry.map_entry_value_field().kind())?;
-                if matches!(
-                    key,
-                    K::Message(_) | K::Enum(_) | K::Double | K::Float | K::Bytes
-                ) {
+                if !key.is_map_key() {
                     return None;
                 }
                 (value, Shape::Map { key, value })
@@ -282,11 +227,6 @@ fn build(root: &MessageDescriptor) -> Option<Tables> {
         }
     }
     Some(tables)
-}
-
-/// Types of the `google.protobuf` package: the well-known types with special JSON forms.
-fn special(full_name: &str) -> bool {
-    full_name.starts_with("google.protobuf.")
 }
 
 /// `text` as a JSON string, escaped as serde_json escapes it.
@@ -420,7 +360,7 @@ impl Writer<'_> {
         depth: usize,
     ) -> Option<Option<(u32, u8)>> {
         let kind = field.kind;
-        let packable = !matches!(kind.wire_type(), LEN);
+        let packable = !matches!(wire_of(kind), LEN);
         self.out.push(b'[');
         let mut first = true;
         while let Some((number, wire_type)) = next
@@ -435,7 +375,7 @@ impl Writer<'_> {
                         self.out.push(b',');
                     }
                     first = false;
-                    self.value(kind, kind.wire_type(), &mut packed, depth)?;
+                    self.value(kind, wire_of(kind), &mut packed, depth)?;
                 }
             } else {
                 if !first {
@@ -539,13 +479,13 @@ impl Writer<'_> {
         match kind {
             K::Message(index) => self.message(index, &[], depth + 1),
             K::Enum(index) => self.enum_value(index, self.tables.enums[index].default),
-            _ => self.value(kind, kind.wire_type(), &mut Wire { buf: &ZEROS }, depth),
+            _ => self.value(kind, wire_of(kind), &mut Wire { buf: &ZEROS }, depth),
         }
     }
 
     /// One value of `kind`, read from `wire` (which must have the kind's wire type).
     fn value(&mut self, kind: K, wire_type: u8, wire: &mut Wire<'_>, depth: usize) -> Option<()> {
-        if wire_type != kind.wire_type() {
+        if wire_type != wire_of(kind) {
             return None;
         }
         match kind {

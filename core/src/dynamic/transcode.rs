@@ -23,6 +23,7 @@ use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::json::{JsonError, MAX_DEPTH, from_json};
+use super::kind::{Messages, special};
 
 /// Encodes the JSON `body` as `descriptor`'s message in wire format: the bytes
 /// [`from_json`](super::from_json) and `encode_to_vec` produce, and the same errors. Builds the
@@ -75,37 +76,8 @@ enum Shape {
     },
 }
 
-#[derive(Debug, Clone)]
-enum K {
-    Double,
-    Float,
-    Int32,
-    Int64,
-    Uint32,
-    Uint64,
-    Sint32,
-    Sint64,
-    Fixed32,
-    Fixed64,
-    Sfixed32,
-    Sfixed64,
-    Bool,
-    String,
-    Bytes,
-    Enum(EnumDescriptor),
-    Message(usize),
-}
-
-impl K {
-    fn wire_type(&self) -> WireType {
-        match self {
-            K::Double | K::Fixed64 | K::Sfixed64 => WireType::SixtyFourBit,
-            K::Float | K::Fixed32 | K::Sfixed32 => WireType::ThirtyTwoBit,
-            K::String | K::Bytes | K::Message(_) => WireType::LengthDelimited,
-            _ => WireType::Varint,
-        }
-    }
-}
+/// A field's kind, its enums by descriptor.
+type K = super::kind::K<EnumDescriptor>;
 
 impl Plan {
     /// The plan of `descriptor`'s message. A message that reaches a well-known type with a
@@ -165,12 +137,9 @@ impl Plan {
 }
 
 fn build(root: &MessageDescriptor) -> Option<Vec<MessagePlan>> {
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut queue = vec![root.clone()];
-    index.insert(root.full_name().to_string(), 0);
+    let mut messages = Messages::new(root);
     let mut plans = Vec::new();
-    while plans.len() < queue.len() {
-        let message = queue[plans.len()].clone();
+    while let Some(message) = messages.get(plans.len()) {
         if special(message.full_name()) || message.extensions().len() > 0 {
             return None;
         }
@@ -192,37 +161,7 @@ fn build(root: &MessageDescriptor) -> Option<Vec<MessagePlan>> {
                 {
                     return None;
                 }
-                Some(match field.kind() {
-                    Kind::Double => K::Double,
-                    Kind::Float => K::Float,
-                    Kind::Int32 => K::Int32,
-                    Kind::Int64 => K::Int64,
-                    Kind::Uint32 => K::Uint32,
-                    Kind::Uint64 => K::Uint64,
-                    Kind::Sint32 => K::Sint32,
-                    Kind::Sint64 => K::Sint64,
-                    Kind::Fixed32 => K::Fixed32,
-                    Kind::Fixed64 => K::Fixed64,
-                    Kind::Sfixed32 => K::Sfixed32,
-                    Kind::Sfixed64 => K::Sfixed64,
-                    Kind::Bool => K::Bool,
-                    Kind::String => K::String,
-                    Kind::Bytes => K::Bytes,
-                    Kind::Enum(e) => {
-                        if special(e.full_name()) {
-                            return None;
-                        }
-                        K::Enum(e)
-                    }
-                    Kind::Message(m) => {
-                        let next = queue.len();
-                        let i = *index.entry(m.full_name().to_string()).or_insert(next);
-                        if i == next {
-                            queue.push(m);
-                        }
-                        K::Message(i)
-                    }
-                })
+                messages.kind(field.kind(), |e| (!special(e.full_name())).then_some(e))
             };
             let (kind, shape) = if field.is_map() {
                 let Kind::Message(entry) = field.kind() else {
@@ -250,10 +189,7 @@ fn build(root: &MessageDescriptor) -> Option<Vec<MessagePlan>> {
                 (kind_of(&field)?, Shape::Single { presence })
             };
             if let Shape::Map { key, .. } = &shape
-                && matches!(
-                    key,
-                    K::Message(_) | K::Enum(_) | K::Double | K::Float | K::Bytes
-                )
+                && !key.is_map_key()
             {
                 return None;
             }
@@ -278,11 +214,6 @@ fn build(root: &MessageDescriptor) -> Option<Vec<MessagePlan>> {
         plans.push(MessagePlan { by_name, fields });
     }
     Some(plans)
-}
-
-/// Types of the `google.protobuf` package: the well-known types with special JSON forms.
-fn special(full_name: &str) -> bool {
-    full_name.starts_with("google.protobuf.")
 }
 
 /// The encoder's state: the bytes written so far and the field spans of the messages open.
