@@ -197,6 +197,14 @@ fn one_trace_from_the_gateway_through_relay_and_greeter_and_the_message_it_publi
         http.attributes.get("path").map(String::as_str),
         Some("/greeter-relay/Greeter/SayHello")
     );
+    // Recorded once the call is routed, both in one record.
+    assert_eq!(
+        (
+            http.attributes.get("service").map(String::as_str),
+            http.attributes.get("endpoint").map(String::as_str)
+        ),
+        (Some("greeter-relay"), Some("Greeter.SayHello"))
+    );
     let relay_parent = ancestor(&trace, &greeter_handle, RELAY, "handle");
     assert_eq!(
         relay_parent.span_id, relay_handle.span_id,
