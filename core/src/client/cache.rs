@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -24,19 +24,13 @@ pub(super) const VERSION_METADATA: &str = "version";
 /// applied to, and what the nodes calls go to are derived from.
 type Nodes = BTreeMap<String, Node>;
 
-/// How many idle clones of a node's channel are kept for the next calls.
-const SPARE_CHANNELS: usize = 64;
-
 /// A node and the channel to it (connecting lazily, reconnecting by itself).
+#[derive(Clone)]
 pub(super) struct Target {
     pub(super) node: Node,
     /// The node's id, shared with every call's metrics labels.
     pub(super) id: Arc<str>,
     pub(super) channel: Channel,
-    /// Clones of `channel` that calls are done with. A call needs a clone of its own to wait
-    /// for the channel's readiness, and a fresh clone costs a new handle on the channel's
-    /// queue (its reservation allocated anew), then tearing it down: a kept one costs neither.
-    spare: Mutex<Vec<Channel>>,
 }
 
 impl Target {
@@ -45,34 +39,6 @@ impl Target {
             id: node.id.as_str().into(),
             node,
             channel,
-            spare: Mutex::default(),
-        }
-    }
-
-    /// The same node and channel, for another list of nodes (a filter's).
-    pub(super) fn share(&self) -> Self {
-        Target {
-            node: self.node.clone(),
-            id: self.id.clone(),
-            channel: self.channel.clone(),
-            spare: Mutex::default(),
-        }
-    }
-
-    /// A clone of the channel for one call: a spare one if any.
-    pub(super) fn take_channel(&self) -> Channel {
-        self.spare
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_else(|| self.channel.clone())
-    }
-
-    /// Keeps `channel`, which a call is done with, for the next call (unless enough are kept).
-    pub(super) fn give_back(&self, channel: Channel) {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < SPARE_CHANNELS {
-            spare.push(channel);
         }
     }
 }
@@ -575,15 +541,20 @@ mod tests {
         assert_eq!(counting.reads(), 1, "a resolve is answered from the cache");
     }
 
-    #[tokio::test]
-    async fn a_watch_that_ends_forgets_the_entry() {
+    /// A counting registry holding greeter node `a`.
+    async fn counting_with_a() -> (Arc<Counting>, Arc<dyn Registry>) {
         let counting = Arc::new(Counting::default());
         let registry: Arc<dyn Registry> = counting.clone();
-        let ttl = Duration::from_secs(60);
         registry
-            .register(&greeter("v1", "a", &[]), ttl)
+            .register(&greeter("v1", "a", &[]), Duration::from_secs(60))
             .await
             .unwrap();
+        (counting, registry)
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_forgets_the_entry() {
+        let (counting, registry) = counting_with_a().await;
         let cache = cache();
         resolve(&cache, &registry, "greeter").await.unwrap();
         counting.close_watches();
@@ -595,13 +566,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_is_retired_once_replaced_or_forgotten() {
-        let counting = Arc::new(Counting::default());
-        let registry: Arc<dyn Registry> = counting.clone();
+        let (counting, registry) = counting_with_a().await;
         let ttl = Duration::from_secs(60);
-        registry
-            .register(&greeter("v1", "a", &[]), ttl)
-            .await
-            .unwrap();
         let cache = cache();
         let first = resolve(&cache, &registry, "greeter").await.unwrap();
         assert!(!first.retired());
@@ -616,26 +582,6 @@ mod tests {
         counting.close_watches();
         until("the entry to be forgotten", || ids(&cache).is_none()).await;
         assert!(second.retired(), "forgotten");
-    }
-
-    #[tokio::test]
-    async fn a_node_keeps_a_bounded_number_of_spare_channels() {
-        let node = greeter("v1", "a", &[]).nodes.remove(0);
-        let target = Target::new(
-            node,
-            Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
-        );
-        let spare = || target.spare.lock().unwrap().len();
-        let taken: Vec<Channel> = (0..=SPARE_CHANNELS)
-            .map(|_| target.take_channel())
-            .collect();
-        assert_eq!(spare(), 0);
-        for channel in taken {
-            target.give_back(channel);
-        }
-        assert_eq!(spare(), SPARE_CHANNELS);
-        let _channel = target.take_channel();
-        assert_eq!(spare(), SPARE_CHANNELS - 1, "a spare one is taken first");
     }
 
     #[test]

@@ -341,14 +341,7 @@ async fn send(
                 .failed(service, target, "no response before the call's deadline");
         }
     };
-    let attempt = async {
-        let mut channel = target.take_channel();
-        let response = channel.ready().await?.call(request);
-        // The response does not need the channel: it can serve another call meanwhile.
-        target.give_back(channel);
-        response.await
-    };
-    match tokio::time::timeout_at(call.deadline, attempt).await {
+    match tokio::time::timeout_at(call.deadline, target.channel.clone().oneshot(request)).await {
         Err(_) => {
             unresponsive(record);
             Err(Failed::Deadline(call.deadline_exceeded()))

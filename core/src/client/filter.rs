@@ -111,7 +111,7 @@ impl Filter {
                 .targets
                 .iter()
                 .filter(|t| self.passes(t))
-                .map(Target::share)
+                .cloned()
                 .collect();
             Some(Arc::new(Resolved::new(targets)))
         };

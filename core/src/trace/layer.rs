@@ -43,10 +43,7 @@ where
         };
         // The nearest ancestor with trace context (explicit or contextual parent, as the
         // registry resolves it), skipping debug spans between.
-        let inherited = span
-            .scope()
-            .skip(1)
-            .find_map(|ancestor| ancestor.extensions().get::<Ids>().map(|ids| ids.0.clone()));
+        let inherited = span.parent().and_then(nearest);
         let context = match inherited {
             Some(parent) => SpanContext::new(
                 parent.trace_id(),
@@ -74,9 +71,22 @@ fn new_span_id() -> SpanId {
 /// The trace context this layer gave `id` or, if it filtered `id` out (a debug span, say), the
 /// nearest ancestor it did not; `None` when the layer is not installed in `dispatch`.
 pub(super) fn context(dispatch: &Dispatch, id: &Id) -> Option<SpanContext> {
-    let span = dispatch.downcast_ref::<Registry>()?.span(id)?;
-    span.scope()
-        .find_map(|span| span.extensions().get::<Ids>().map(|ids| ids.0.clone()))
+    nearest(dispatch.downcast_ref::<Registry>()?.span(id)?)
+}
+
+/// The trace context of `span` or of its nearest ancestor that has one. Walked by parent
+/// rather than with `scope()`, which would look `span` up in the registry a second time.
+fn nearest<R: for<'a> LookupSpan<'a>>(
+    span: tracing_subscriber::registry::SpanRef<'_, R>,
+) -> Option<SpanContext> {
+    let mut next = Some(span);
+    while let Some(span) = next {
+        if let Some(ids) = span.extensions().get::<Ids>() {
+            return Some(ids.0.clone());
+        }
+        next = span.parent();
+    }
+    None
 }
 
 /// Makes span `id` part of `parent`'s trace (keeping its own span id), when this layer gave it

@@ -124,7 +124,7 @@ fn inject_into(carrier: &mut dyn Injector) {
         let current = dispatch.current_span();
         layer::context(dispatch, current.id()?)
     });
-    let Some(span_context) = own.or_else(|| span_context(&tracing::Span::current())) else {
+    let Some(span_context) = own.or_else(|| exported_context(&tracing::Span::current())) else {
         return;
     };
     carrier.set(TRACEPARENT, traceparent(&span_context));
@@ -185,6 +185,11 @@ fn span_context(span: &tracing::Span) -> Option<SpanContext> {
     {
         return Some(own);
     }
+    exported_context(span)
+}
+
+/// The trace context OpenTelemetry's layer gave `span`, if that layer is installed.
+fn exported_context(span: &tracing::Span) -> Option<SpanContext> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then_some(span_context)
