@@ -181,18 +181,22 @@ impl Prepared {
     /// The request carrying `message` (a message, or a stream of them) with the prepared
     /// metadata and deadline.
     pub(crate) fn request<T>(&mut self, message: T) -> tonic::Request<T> {
-        let metadata = std::mem::take(&mut self.metadata);
-        let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::new(), message);
-        match &self.grpc_timeout {
-            // What `set_timeout` would insert, made once.
-            Some(value) => {
-                request
-                    .metadata_mut()
-                    .insert(GRPC_TIMEOUT.clone(), value.clone());
-            }
-            None => request.set_timeout(self.timeout),
+        let metadata = MetadataMap::from_headers(self.headers());
+        tonic::Request::from_parts(metadata, tonic::Extensions::new(), message)
+    }
+
+    /// The prepared metadata and deadline as request headers (taken: once per call).
+    fn headers(&mut self) -> HeaderMap {
+        let mut metadata = std::mem::take(&mut self.metadata);
+        // The kept value of the gateway's own `--timeout`, else the one `set_timeout` writes.
+        let timeout = self
+            .grpc_timeout
+            .clone()
+            .or_else(|| grpc_timeout_value(self.timeout));
+        if let Some(value) = timeout {
+            metadata.insert(GRPC_TIMEOUT.clone(), value);
         }
-        request
+        metadata.into_headers()
     }
 
     /// A gRPC client on the service's channel, ready for a call.
@@ -338,22 +342,33 @@ pub(crate) async fn prepare(
     })
 }
 
-/// One request (already in wire format), one reply.
+/// One request (already in wire format), one reply: framed and read by [`crate::unary`], the
+/// reply written as JSON straight from its wire bytes where its plan can.
 async fn unary(mut prepared: Prepared, request: Vec<u8>) -> Result<Response, ApiError> {
-    let mut grpc = prepared.grpc().await?;
-    let (path, codec) = (
-        prepared.path(),
-        dynamic::JsonReplyCodec::new(prepared.route.reply_plan().clone()),
-    );
     // The service's own descriptors decode details of its own types.
     let pool = prepared.method.parent_pool().clone();
-    let reply = grpc
-        .unary(prepared.request(request), path, codec)
-        .await
-        .map_err(|status| ApiError::from_service_status(&status, Some(&pool)))?;
-    let body = match reply.into_inner() {
-        dynamic::Reply::Json(json) => json,
-        dynamic::Reply::Message(message) => reply_json(&message)?,
+    let headers = prepared.headers();
+    let wire = crate::unary::call(
+        &mut prepared.channel,
+        prepared.route.path.clone(),
+        headers,
+        &request,
+    )
+    .await
+    .map_err(|status| ApiError::from_service_status(&status, Some(&pool)))?;
+    let plan = prepared.route.reply_plan();
+    let body = match plan.write(&wire) {
+        Some(json) => json,
+        None => {
+            let reply = DynamicMessage::decode(plan.descriptor().clone(), wire).map_err(|e| {
+                let status = tonic::Status::internal(format!(
+                    "the reply is not a valid {}: {e}",
+                    plan.descriptor().full_name()
+                ));
+                ApiError::from_service_status(&status, Some(&pool))
+            })?;
+            reply_json(&reply)?
+        }
     };
     // The response `([(CONTENT_TYPE, "application/json")], body)` makes, without parsing the
     // content type (nor setting `application/octet-stream` first) on every call.

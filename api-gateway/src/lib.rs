@@ -43,6 +43,7 @@ mod route;
 mod schema;
 mod serve;
 mod stream;
+mod unary;
 mod websocket;
 
 pub use auth::GatewayAuth;

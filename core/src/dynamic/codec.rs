@@ -1,14 +1,10 @@
 //! A tonic codec for messages known only at run time.
 
-use std::sync::Arc;
-
-use bytes::{Buf, BufMut};
+use bytes::BufMut;
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-use super::ReplyPlan;
 
 /// Encodes any [`DynamicMessage`]; decodes replies as `response`.
 #[derive(Clone, Debug)]
@@ -112,67 +108,5 @@ impl Decoder for DynamicDecoder {
                     self.0.full_name()
                 ))
             })
-    }
-}
-
-/// Sends requests already in wire format; turns replies straight into JSON by a [`ReplyPlan`]
-/// where it can, and decodes the others as [`DynamicDecoder`] does (with its errors).
-#[derive(Clone, Debug)]
-pub struct JsonReplyCodec {
-    plan: Arc<ReplyPlan>,
-}
-
-impl JsonReplyCodec {
-    /// A codec whose replies are messages of `plan`'s type.
-    pub fn new(plan: Arc<ReplyPlan>) -> Self {
-        JsonReplyCodec { plan }
-    }
-}
-
-/// A reply of [`JsonReplyCodec`]: its JSON, or the message for [`to_json`](super::to_json)
-/// when it is of a shape the plan does not write.
-#[derive(Debug)]
-pub enum Reply {
-    /// The JSON, exactly as `to_json` writes it.
-    Json(Vec<u8>),
-    /// The decoded message.
-    Message(DynamicMessage),
-}
-
-impl Codec for JsonReplyCodec {
-    type Encode = Vec<u8>;
-    type Decode = Reply;
-    type Encoder = BytesEncoder;
-    type Decoder = JsonReplyDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        JsonReplyDecoder(self.plan.clone())
-    }
-}
-
-/// Decoder half of [`JsonReplyCodec`].
-#[derive(Debug)]
-pub struct JsonReplyDecoder(Arc<ReplyPlan>);
-
-impl Decoder for JsonReplyDecoder {
-    type Item = Reply;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Reply>, Status> {
-        let len = src.remaining();
-        // tonic hands over a message in one contiguous buffer; otherwise, the existing path.
-        let json = (src.chunk().len() == len)
-            .then(|| self.0.write(src.chunk()))
-            .flatten();
-        if let Some(json) = json {
-            src.advance(len);
-            return Ok(Some(Reply::Json(json)));
-        }
-        let message = DynamicDecoder(self.0.descriptor().clone()).decode(src)?;
-        Ok(message.map(Reply::Message))
     }
 }

@@ -30,10 +30,7 @@ mod reply;
 mod transcode;
 mod unique;
 
-pub use codec::{
-    BytesEncoder, DynamicCodec, DynamicDecoder, DynamicEncoder, JsonReplyCodec, JsonReplyDecoder,
-    Reply, WireCodec,
-};
+pub use codec::{BytesEncoder, DynamicCodec, DynamicDecoder, DynamicEncoder, WireCodec};
 pub use comments::{field_comment, leading_comment, message_comment, method_comment};
 pub use json::{JsonError, MAX_DEPTH, check_unique_keys, from_json, query_to_json, to_json};
 pub use method::{MethodError, find_method, normalize, path};
