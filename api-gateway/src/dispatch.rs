@@ -93,8 +93,12 @@ pub(crate) async fn dispatch(
 
 /// Records the call's service and endpoint on its span in one pass through the subscriber (a
 /// `record` each would make two); nothing for the gateway's own paths, which have neither.
+/// Recorded once the call is over, they reach only an exporter and the `answered` debug line:
+/// without either, formatting them for the logs would be work no one reads.
 fn record_labels(span: &tracing::Span, labels: &Labels) {
-    if labels.service.is_empty() {
+    if labels.service.is_empty()
+        || !(tracing::enabled!(tracing::Level::DEBUG) || micro_core::trace::exported(span))
+    {
         return;
     }
     let Some(metadata) = span.metadata() else {

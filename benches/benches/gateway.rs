@@ -30,7 +30,8 @@
 //! message where valgrind is missing). The gateway child logs and traces as the `micro-gateway`
 //! binary does (`logging::init_service`, `RUST_LOG` default `info`).
 //!
-//! Run: `cargo bench -p micro-benches --bench gateway`
+//! Run: `cargo bench -p micro-benches --bench gateway` (with `MICRO_BENCH_INSTRUCTIONS_ONLY=1`,
+//! only the instruction counts: a minute instead of several)
 
 mod common;
 
@@ -51,6 +52,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
+/// Set (to anything) to skip the wall-clock figures and count instructions only.
+const INSTRUCTIONS_ONLY: &str = "MICRO_BENCH_INSTRUCTIONS_ONLY";
 const PATH: &str = "/greeter/Greeter/SayHello";
 const BODY: &str = r#"{"name":"bench"}"#;
 
@@ -75,7 +78,35 @@ async fn parent() -> Result<(), BoxError> {
     let address = server.address();
 
     let registration = serde_json::to_string(server.registration())?;
-    let mut gateway = Served::spawn("gateway", &registration)?;
+    if std::env::var_os(INSTRUCTIONS_ONLY).is_none() {
+        wall_clock(address, &registration).await?;
+    }
+
+    // The gateway's and the proxy's own processes under callgrind (the greeter stays here).
+    println!();
+    callgrind::print(
+        "request",
+        &[
+            (
+                "(b) gateway process",
+                instructions("gateway", &registration).await,
+            ),
+            (
+                "(c) static proxy process",
+                instructions("proxy", &address.to_string()).await,
+            ),
+        ],
+        ("b/c", |counts| counts[0] / counts[1]),
+        1.0,
+        false,
+    );
+    server.stop().await?;
+    Ok(())
+}
+
+/// Throughput, latency and RSS of (a), (b) and (c), printed with their ratios.
+async fn wall_clock(address: std::net::SocketAddr, registration: &str) -> Result<(), BoxError> {
+    let mut gateway = Served::spawn("gateway", registration)?;
     let mut proxy = Served::spawn("proxy", &address.to_string())?;
     for child in [&gateway, &proxy] {
         check(child.address).await.map_err(|e| {
@@ -148,26 +179,6 @@ async fn parent() -> Result<(), BoxError> {
         proxy_rss.0 as f64 / 1024.0,
         proxy_rss.1 as f64 / 1024.0
     );
-
-    // The gateway's and the proxy's own processes under callgrind (the greeter stays here).
-    println!();
-    callgrind::print(
-        "request",
-        &[
-            (
-                "(b) gateway process",
-                instructions("gateway", &registration).await,
-            ),
-            (
-                "(c) static proxy process",
-                instructions("proxy", &address.to_string()).await,
-            ),
-        ],
-        ("b/c", |counts| counts[0] / counts[1]),
-        1.0,
-        false,
-    );
-    server.stop().await?;
     Ok(())
 }
 

@@ -140,19 +140,22 @@ fn inject_into(carrier: &mut dyn Injector) {
 /// `00-<trace id>-<span id>-<flags>` of `span_context`, written without the formatting
 /// machinery: it runs on every outgoing call.
 fn traceparent(span_context: &SpanContext) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut header = *b"00-00000000000000000000000000000000-0000000000000000-00";
     let flags = [(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()];
-    let trace_id = span_context.trace_id().to_bytes();
-    let span_id = span_context.span_id().to_bytes();
-    for (at, bytes) in [(3, &trace_id[..]), (36, &span_id[..]), (53, &flags[..])] {
-        for (i, byte) in bytes.iter().enumerate() {
-            header[at + 2 * i] = DIGITS[usize::from(byte >> 4)];
-            header[at + 2 * i + 1] = DIGITS[usize::from(byte & 0x0f)];
-        }
-    }
+    write_hex(&span_context.trace_id().to_bytes(), &mut header[3..35]);
+    write_hex(&span_context.span_id().to_bytes(), &mut header[36..52]);
+    write_hex(&flags, &mut header[53..55]);
     // ASCII digits and dashes only: always valid UTF-8.
     String::from_utf8(header.to_vec()).unwrap_or_default()
+}
+
+/// Writes `bytes` as lowercase hex digits into `out` (twice as long).
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
 }
 
 /// The span a subscriber handles `message` in, continuing the publisher's trace when the
@@ -172,6 +175,14 @@ pub fn message_span(topic: &str, message: &Message) -> tracing::Span {
 /// (no OpenTelemetry layer installed, or the span is disabled).
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     span_context(span).map(|context| context.trace_id().to_string())
+}
+
+/// Whether `span`'s fields may go further than the logs, as the attributes of an exported span:
+/// false when micro's own [`PropagationLayer`] keeps trace context, which `logging` installs only
+/// when nothing is exported. A field recorded for the exporter alone can be skipped then.
+pub fn exported(span: &tracing::Span) -> bool {
+    span.with_subscriber(|(_, dispatch)| dispatch.downcast_ref::<PropagationLayer>().is_none())
+        .unwrap_or(false)
 }
 
 /// The trace context of `span`, from whichever layer keeps it.
@@ -242,8 +253,13 @@ fn hex(digits: &[u8]) -> Option<u128> {
 }
 
 fn record_trace_id(span: &tracing::Span) {
-    if let Some(id) = trace_id(span) {
-        span.record("trace_id", id.as_str());
+    // On every call that starts a trace: written by hand, not through `fmt` (as in `trace_id`).
+    if let Some(context) = span_context(span) {
+        let mut digits = [0u8; 32];
+        write_hex(&context.trace_id().to_bytes(), &mut digits);
+        if let Ok(id) = std::str::from_utf8(&digits) {
+            span.record("trace_id", id);
+        }
     }
 }
 
@@ -411,6 +427,51 @@ mod tests {
             );
             assert_eq!(parts[3], "01");
         });
+    }
+
+    #[test]
+    fn a_new_traces_id_is_logged_as_the_span_has_it() {
+        let buffer = crate::logging::tests::Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            )
+            .with(PropagationLayer);
+        tracing::subscriber::with_default(subscriber, || {
+            for traceparent in [None, Some("not a trace")] {
+                let span = handler_span(&request(traceparent), "greeter", "n1");
+                let id = trace_id(&span).expect("a new trace");
+                span.in_scope(|| tracing::warn!("inside"));
+                let text = buffer.text();
+                let line = text.lines().last().unwrap_or_default();
+                // tracing's own formatter quotes a `str` field.
+                assert!(
+                    line.contains(&format!("trace_id=\"{id}\"")),
+                    "{id} in {line}"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn spans_are_exported_only_without_micros_own_layer() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let exporting = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(exporting, || {
+            assert!(exported(&tracing::info_span!("http")));
+        });
+        let propagating = tracing_subscriber::registry().with(PropagationLayer);
+        tracing::subscriber::with_default(propagating, || {
+            assert!(!exported(&tracing::info_span!("http")));
+        });
+        assert!(
+            !exported(&tracing::Span::none()),
+            "a disabled span goes nowhere"
+        );
     }
 
     #[test]
