@@ -269,6 +269,27 @@ pub(crate) fn grpc_timeout_value(timeout: Duration) -> Option<AsciiMetadataValue
     request.metadata().get(&*GRPC_TIMEOUT).cloned()
 }
 
+/// The request id header, as the client may send it and the service receives it.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives the request an id: the client's `x-request-id` when it is text, else a new one put in
+/// its place, so the gateway's span, its logs and the called service all carry the same id.
+pub(crate) fn give_request_id(headers: &mut HeaderMap) {
+    if request_id(headers).is_empty()
+        && let Ok(value) = http::HeaderValue::from_bytes(&new_request_id())
+    {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+}
+
+/// The request's id, once [`give_request_id`] gave it one.
+pub(crate) fn request_id(headers: &HeaderMap) -> &str {
+    headers
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+}
+
 /// A new request id: 16 lowercase hex digits (64 random bits), written without formatting.
 fn new_request_id() -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -280,8 +301,9 @@ fn new_request_id() -> [u8; 16] {
     id
 }
 
-/// Everything a call needs but its message: end-to-end headers forwarded as metadata, the auth
-/// decision (401/403 here, before anything is sent or upgraded), a request id, the deadline,
+/// Everything a call needs but its message: end-to-end headers forwarded as metadata (with the
+/// request id [`give_request_id`] gave), the auth decision (401/403 here, before anything is sent or
+/// upgraded), the deadline,
 /// and the channel: to the nodes of the version named by a `Micro-Version` header when there is
 /// one (a canary called on purpose; a version no node has is `503` naming those that exist),
 /// else to every node of the service.
@@ -312,17 +334,9 @@ pub(crate) async fn prepare(
         auth.authorize(headers, &labels.service, &labels.endpoint, &mut metadata)
             .await?;
     }
-    if !metadata.contains_key(&*REQUEST_ID) {
-        // One id per call, logged by the gateway and by the service that handles it.
-        let id = new_request_id();
-        if let Ok(text) = std::str::from_utf8(&id) {
-            tracing::Span::current().record("request_id", text);
-        }
-        if let Ok(mut value) = AsciiMetadataValue::try_from(&id[..]) {
-            // New on every call: kept out of HTTP/2's header compression table (as traceparent).
-            value.set_sensitive(true);
-            metadata.insert(REQUEST_ID.clone(), value);
-        }
+    if let Some(value) = metadata.get_mut(&*REQUEST_ID) {
+        // New on every call: kept out of HTTP/2's header compression table (as traceparent).
+        value.set_sensitive(true);
     }
     let timeout = micro_core::grpc::grpc_timeout(headers)
         .map_or(state.options.timeout, |t| t.min(state.options.timeout));
@@ -478,6 +492,27 @@ mod tests {
             grpc_timeout_value(Duration::from_secs(30)).unwrap(),
             "30000000u"
         );
+    }
+
+    #[test]
+    fn a_request_keeps_the_clients_text_id_or_gets_a_new_one() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", http::HeaderValue::from_static("abc-123"));
+        give_request_id(&mut headers);
+        assert_eq!(request_id(&headers), "abc-123");
+        for given in [None, Some(&b""[..]), Some(&b"caf\xe9"[..])] {
+            let mut headers = HeaderMap::new();
+            if let Some(given) = given {
+                headers.insert(
+                    "x-request-id",
+                    http::HeaderValue::from_bytes(given).unwrap(),
+                );
+            }
+            give_request_id(&mut headers);
+            let id = request_id(&headers);
+            assert_eq!(id.len(), 16, "{given:?} -> {id}");
+            assert_eq!(headers.get_all("x-request-id").iter().count(), 1);
+        }
     }
 
     #[test]

@@ -43,13 +43,17 @@ pub(crate) async fn dispatch(
     // In flight until this request is answered (a stream's body is counted by its own record).
     let _in_flight = state.metrics.in_flight();
     let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut request = request;
+    // Known before the span is made: a field given at its start costs less than one recorded.
+    call::give_request_id(request.headers_mut());
+    let request_id = call::request_id(request.headers());
     let span = tracing::info_span!(
         "http",
         method = request.method().as_str(),
         path = request.uri().path(),
         service = tracing::field::Empty,
         endpoint = tracing::field::Empty,
-        request_id = tracing::field::Empty,
+        request_id,
         trace_id = tracing::field::Empty,
         otel.kind = "server"
     );
