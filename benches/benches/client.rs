@@ -20,6 +20,10 @@
 //! instructions per call of (a) and (b) under callgrind and their ratio b/a: the figure that
 //! repeats on a noisy machine (see `common/callgrind.rs`; skipped without valgrind).
 //!
+//! Under callgrind only, **(t)**: the plain channel of (b) carrying the caller's trace on
+//! (`micro_core::trace::inject` in a `map_request` layer), to tell the client's own cost apart
+//! from the cost of the `traceparent` header itself, which (b) does not pay.
+//!
 //! A **two-node** pair (a2, b) then calls through the micro client balancing over two greeter
 //! nodes (a second greeter registered under the same name) against the plain channel to one
 //! (issue 17: target ≥ 0.98).
@@ -62,6 +66,34 @@ impl Caller for ThroughMicro {
 /// Calls through a plain tonic channel.
 struct ThroughTonic(GreeterClient<Channel>);
 
+/// A plain tonic channel that carries the caller's trace on, as a tonic user who traces would
+/// write it: `micro_core::trace::inject` in a `map_request` layer.
+type TracedChannel = tower::util::MapRequest<
+    Channel,
+    fn(
+        tonic::codegen::http::Request<tonic::body::Body>,
+    ) -> tonic::codegen::http::Request<tonic::body::Body>,
+>;
+
+/// Calls through [`TracedChannel`].
+struct ThroughTracedTonic(GreeterClient<TracedChannel>);
+
+impl Caller for ThroughTracedTonic {
+    async fn call(&mut self) -> Result<(), String> {
+        say_hello(&mut self.0)
+            .instrument(tracing::info_span!("caller"))
+            .await
+    }
+}
+
+/// `request` with the current span's trace context in its headers.
+fn traced(
+    mut request: tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body> {
+    micro_core::trace::inject(request.headers_mut());
+    request
+}
+
 impl Caller for ThroughTonic {
     async fn call(&mut self) -> Result<(), String> {
         say_hello(&mut self.0)
@@ -99,6 +131,14 @@ async fn main() -> Result<(), BoxError> {
                 result
             }
             "b" => repeat(ThroughTonic(direct(address).await?), calls).await,
+            "t" => {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?;
+                let traced: TracedChannel = tower::util::MapRequest::new(channel, traced);
+                repeat(ThroughTracedTonic(GreeterClient::new(traced)), calls).await
+            }
             other => Err(format!("no configuration {other:?}")),
         };
         server.stop().await?;
@@ -161,6 +201,25 @@ async fn main() -> Result<(), BoxError> {
             ("(b) plain tonic Channel", plain.clone()),
         ],
         ("b/a", |counts| counts[1] / counts[0]),
+        0.95,
+        true,
+    );
+    // What the client's own machinery costs, apart from carrying the trace on (which the plain
+    // channel of (b) does not: ~8 000 instructions a call between the two ends, most of it
+    // HTTP/2's Huffman coding of the header and the server continuing the trace).
+    callgrind::print(
+        "call",
+        &[
+            (
+                "(a) micro Client (defaults) + no-op layer",
+                callgrind::per_call_in_child("a"),
+            ),
+            (
+                "(t) plain tonic Channel carrying traceparent",
+                callgrind::per_call_in_child("t"),
+            ),
+        ],
+        ("t/a", |counts| counts[1] / counts[0]),
         0.95,
         true,
     );

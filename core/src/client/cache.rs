@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::NodeCalls;
 use crate::registry::{Event, EventKind, Node, Registry, Service};
 use crate::tls::{ClientTls, SECURE_METADATA};
 use crate::{Error, Result};
@@ -28,17 +29,31 @@ type Nodes = BTreeMap<String, Node>;
 #[derive(Clone)]
 pub(super) struct Target {
     pub(super) node: Node,
-    /// The node's id, shared with every call's metrics labels.
-    pub(super) id: Arc<str>,
     pub(super) channel: Channel,
+    /// The metric series of the calls to the node, by endpoint: kept with the channel, so the
+    /// calls of a method seen before update them without a lookup.
+    pub(super) metrics: Arc<NodeCalls>,
 }
 
 impl Target {
     pub(super) fn new(node: Node, channel: Channel) -> Self {
         Target {
-            id: node.id.as_str().into(),
+            metrics: Arc::new(NodeCalls::new(node.id.as_str().into())),
             node,
             channel,
+        }
+    }
+
+    /// `node` at this target's address: the same channel, and the same series while its id
+    /// (their `node` label) is the same.
+    fn renewed(&self, node: Node) -> Self {
+        if node.id != self.node.id {
+            return Target::new(node, self.channel.clone());
+        }
+        Target {
+            node,
+            channel: self.channel.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -96,30 +111,29 @@ impl Cache {
     }
 
     /// The nodes of `service` that calls may go to, out of `nodes`, with their channels: those
-    /// of `previous` (kept by address, as a node's connection is) or new ones. Built outside the
-    /// lock, so calls are not held up while a large service is rebuilt.
+    /// of `previous` (kept by address, as a node's connection is, with its metric series) or new
+    /// ones. Built outside the lock, so calls are not held up while a large service is rebuilt.
     fn build(&self, service: &str, nodes: &Nodes, previous: Option<&Resolved>) -> Arc<Resolved> {
-        let channels: HashMap<&str, &Channel> = previous
+        let kept: HashMap<&str, &Target> = previous
             .map(|p| {
                 p.targets
                     .iter()
-                    .map(|t| (t.node.address.as_str(), &t.channel))
+                    .map(|t| (t.node.address.as_str(), t))
                     .collect()
             })
             .unwrap_or_default();
         let targets = serving(nodes)
             .filter_map(|node| {
-                let channel = match channels.get(node.address.as_str()) {
-                    Some(&channel) => channel.clone(),
-                    None => match self.dial(service, node) {
-                        Ok(channel) => channel,
-                        Err(e) => {
-                            tracing::warn!(%service, node = %node.id, address = %node.address, error = %e, "node address unusable; skipped");
-                            return None;
-                        }
-                    },
-                };
-                Some(Target::new(node.clone(), channel))
+                if let Some(kept) = kept.get(node.address.as_str()) {
+                    return Some(kept.renewed(node.clone()));
+                }
+                match self.dial(service, node) {
+                    Ok(channel) => Some(Target::new(node.clone(), channel)),
+                    Err(e) => {
+                        tracing::warn!(%service, node = %node.id, address = %node.address, error = %e, "node address unusable; skipped");
+                        None
+                    }
+                }
             })
             .collect();
         Arc::new(Resolved::new(targets))
@@ -582,6 +596,30 @@ mod tests {
         counting.close_watches();
         until("the entry to be forgotten", || ids(&cache).is_none()).await;
         assert!(second.retired(), "forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_rebuilt_node_keeps_its_metric_series_while_its_id_and_address_are_the_same() {
+        let node = |id: &str, port: u16| Node {
+            id: id.into(),
+            address: format!("127.0.0.1:{port}"),
+            ..Node::default()
+        };
+        let nodes =
+            |list: &[Node]| -> Nodes { list.iter().map(|n| (n.id.clone(), n.clone())).collect() };
+        let cache = cache();
+        let first = cache.build("greeter", &nodes(&[node("a", 1001), node("b", 1002)]), None);
+        let changed = nodes(&[node("a", 1001), node("c", 1002)]);
+        let second = cache.build("greeter", &changed, Some(&first));
+        let calls = |resolved: &Resolved, i: usize| resolved.targets[i].metrics.clone();
+        assert!(
+            Arc::ptr_eq(&calls(&first, 0), &calls(&second, 0)),
+            "a: kept"
+        );
+        assert!(
+            !Arc::ptr_eq(&calls(&first, 1), &calls(&second, 1)),
+            "c took b's address: its own series (its own `node` label)"
+        );
     }
 
     #[test]

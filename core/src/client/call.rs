@@ -331,7 +331,7 @@ async fn send(
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, Failed> {
     let (inner, service) = (call.inner, call.service);
-    let record = crate::metrics::client_call(service.clone(), call.path.clone(), target.id.clone());
+    let record = target.metrics.call(service, call.path);
     let started = Instant::now();
     let unresponsive = |record: crate::metrics::ClientCall| {
         record.failed(Code::DeadlineExceeded);

@@ -45,7 +45,8 @@ use std::time::Duration;
 use tonic::body::Body;
 use tower::Service;
 
-use self::body::{Recording, observe};
+pub(crate) use self::body::NodeCalls;
+use self::body::{Recording, ServerCalls, observe};
 use self::family::{Counter, Family, Gauge, Histogram};
 use crate::Result;
 use crate::options::Options;
@@ -115,10 +116,10 @@ static BROKER_LATENCY: Family<Histogram> = Family::new(
 /// The server wrapper counting every call of `service`'s handlers: by endpoint and code, its
 /// latency, and the calls in flight.
 pub fn server_layer(service: &str) -> Wrapper<HandlerService> {
-    let service: Arc<str> = service.into();
+    let calls = Arc::new(ServerCalls::new(service));
     tower::layer::layer_fn(move |inner: HandlerService| Counted {
         inner,
-        service: service.clone(),
+        calls: calls.clone(),
     })
     .into_wrapper()
 }
@@ -156,7 +157,8 @@ pub const CONTENT_TYPE: &str = scrape::CONTENT_TYPE;
 #[derive(Clone)]
 struct Counted {
     inner: HandlerService,
-    service: Arc<str>,
+    /// Shared by the clones the server makes of its handlers for each call.
+    calls: Arc<ServerCalls>,
 }
 
 impl Service<http::Request<Body>> for Counted {
@@ -171,7 +173,7 @@ impl Service<http::Request<Body>> for Counted {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // Started before the handler runs, and moved into its future: a call dropped before it
         // answers still leaves the in-flight gauge and counts as CANCELLED.
-        let recording = Recording::server(self.service.clone(), request.uri().path().to_string());
+        let recording = Recording::server(&self.calls, request.uri().path());
         let handled = self.inner.call(request);
         Box::pin(async move {
             let response = match handled.await {
@@ -186,9 +188,23 @@ impl Service<http::Request<Body>> for Counted {
 /// One client call to one node, recorded when it ends.
 pub(crate) struct ClientCall(Recording);
 
-/// Starts recording a call of `endpoint` (its gRPC path) on `node` of `service`.
+/// Starts recording a call of `endpoint` (its gRPC path) on `node` of `service`, finding its
+/// series in the families (a client keeps them per node: [`NodeCalls::call`]).
+#[cfg(test)]
 pub(crate) fn client_call(service: Arc<str>, endpoint: Arc<str>, node: Arc<str>) -> ClientCall {
-    ClientCall(Recording::client(service, endpoint, node))
+    ClientCall(Recording::client(Arc::new(body::Endpoint::new(
+        service,
+        endpoint,
+        Some(node),
+    ))))
+}
+
+impl NodeCalls {
+    /// Starts recording a call of `endpoint` (its gRPC path) of `service` on this node: an
+    /// endpoint called before finds its series without a family lookup.
+    pub(crate) fn call(&self, service: &Arc<str>, endpoint: &Arc<str>) -> ClientCall {
+        ClientCall(Recording::client(self.endpoint(service, endpoint)))
+    }
 }
 
 impl ClientCall {

@@ -237,6 +237,167 @@ async fn client_calls_are_counted_by_node_with_the_code_they_end_with() {
     );
 }
 
+/// `handlers` counted by a server layer whose series are `calls`.
+fn counted(calls: &Arc<ServerCalls>, handlers: HandlerService) -> HandlerService {
+    tower::util::BoxCloneSyncService::new(Counted {
+        inner: handlers,
+        calls: calls.clone(),
+    })
+}
+
+#[tokio::test]
+async fn a_server_keeps_the_series_of_the_methods_it_answered_and_no_other_path() {
+    let calls = Arc::new(ServerCalls::new("metrics-test-known"));
+    let service = counted(&calls, handlers());
+    for path in [
+        "/t.S/Ok",
+        "/t.S/Ok",
+        "/t.S/Fail",
+        "/t.S/Nope",
+        "/other.Service/Any",
+    ] {
+        call(&service, path)
+            .await
+            .into_body()
+            .collect()
+            .await
+            .expect("the body");
+    }
+    let never: HandlerService = tower::util::BoxCloneSyncService::new(tower::service_fn(
+        |_request: http::Request<Body>| futures::future::pending::<Result<_, Infallible>>(),
+    ));
+    assert!(
+        call(&counted(&calls, never), "/t.S/Hang")
+            .now_or_never()
+            .is_none()
+    );
+    assert_eq!(
+        calls.known_paths(),
+        ["/t.S/Fail", "/t.S/Ok"],
+        "neither unknown methods nor a call dropped before any answer"
+    );
+    // Counted the same through the kept series as through a lookup.
+    call(&service, "/t.S/Ok")
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("the body");
+    let text = render();
+    let requests = |endpoint: &str, code: &str| {
+        let labels =
+            format!("service=\"metrics-test-known\",endpoint=\"{endpoint}\",code=\"{code}\"");
+        sample(&text, "micro_server_requests_total", &labels)
+    };
+    assert_eq!(requests("/t.S/Ok", "OK"), Some(3.0), "{text}");
+    assert_eq!(requests("/t.S/Fail", "UNIMPLEMENTED"), Some(1.0), "{text}");
+    assert_eq!(requests("unknown", "UNIMPLEMENTED"), Some(2.0), "{text}");
+    assert_eq!(requests("/t.S/Hang", "CANCELLED"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "micro_server_request_duration_seconds_count",
+            "service=\"metrics-test-known\",endpoint=\"/t.S/Ok\""
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "micro_server_requests_in_flight",
+            "service=\"metrics-test-known\""
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_server_answering_any_path_keeps_a_bounded_number_of_them() {
+    let calls = Arc::new(ServerCalls::new("metrics-test-bounded"));
+    let any: HandlerService = tower::util::BoxCloneSyncService::new(tower::service_fn(
+        |_request: http::Request<Body>| async {
+            Ok::<_, Infallible>(trailers_only(tonic::Code::Ok, ""))
+        },
+    ));
+    let service = counted(&calls, any);
+    let paths: Vec<String> = (0..body::SERVER_ENDPOINTS + 3)
+        .map(|i| format!("/t.S/M{i}"))
+        .collect();
+    for path in paths.iter().chain(paths.iter().rev()) {
+        call(&service, path).await;
+    }
+    assert_eq!(calls.known_paths().len(), body::SERVER_ENDPOINTS);
+    let text = render();
+    for path in &paths {
+        let labels = format!("service=\"metrics-test-bounded\",endpoint=\"{path}\",code=\"OK\"");
+        assert_eq!(
+            sample(&text, "micro_server_requests_total", &labels),
+            Some(2.0),
+            "{path}, kept or not"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_keeps_the_series_of_its_endpoints_within_a_bound() {
+    let node = NodeCalls::new("node-kept".into());
+    let service: Arc<str> = "metrics-test-node".into();
+    let endpoint: Arc<str> = "/t.S/Call".into();
+    let kept = node.endpoint(&service, &endpoint);
+    assert!(Arc::ptr_eq(
+        &kept,
+        &node.endpoint(&service, &"/t.S/Call".into())
+    ));
+    let response = node.call(&service, &endpoint).response(streamed(0));
+    response.into_body().collect().await.expect("the body");
+    node.call(&service, &endpoint)
+        .response(trailers_only(tonic::Code::NotFound, "no such thing"));
+    node.call(&service, &endpoint)
+        .failed(tonic::Code::Unavailable);
+    client_call(service.clone(), endpoint.clone(), "node-kept".into())
+        .failed(tonic::Code::Unavailable);
+    // Another service through the same node: labelled with its own name.
+    let other: Arc<str> = "metrics-test-node-other".into();
+    node.call(&other, &endpoint)
+        .failed(tonic::Code::Unavailable);
+    let paths: Vec<Arc<str>> = (0..body::NODE_ENDPOINTS + 2)
+        .map(|i| format!("/t.S/M{i}").into())
+        .collect();
+    for path in &paths {
+        node.call(&service, path).failed(tonic::Code::Unavailable);
+    }
+    assert_eq!(node.known_paths().len(), body::NODE_ENDPOINTS);
+    assert!(node.known_paths().contains(&endpoint.to_string()));
+
+    let text = render();
+    let calls = |service: &str, endpoint: &str, code: &str| {
+        let labels = format!(
+            "service=\"{service}\",endpoint=\"{endpoint}\",node=\"node-kept\",code=\"{code}\""
+        );
+        sample(&text, "micro_client_calls_total", &labels)
+    };
+    assert_eq!(calls(&service, &endpoint, "OK"), Some(1.0), "{text}");
+    assert_eq!(calls(&service, &endpoint, "NOT_FOUND"), Some(1.0), "{text}");
+    assert_eq!(
+        calls(&service, &endpoint, "UNAVAILABLE"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(calls(&other, &endpoint, "UNAVAILABLE"), Some(1.0), "{text}");
+    for path in &paths {
+        assert_eq!(calls(&service, path, "UNAVAILABLE"), Some(1.0), "{path}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "micro_client_call_duration_seconds_count",
+            &format!("service=\"{service}\",endpoint=\"{endpoint}\",node=\"node-kept\"")
+        ),
+        Some(4.0)
+    );
+}
+
 /// A broker that hands each message to its subscribers during `publish`.
 #[derive(Default)]
 struct Inline {
