@@ -52,19 +52,25 @@ use tonic::transport::server::TcpIncoming;
 use tower::layer::util::Identity;
 use tracing::Instrument;
 
-/// Calls through the micro client (discovery, balancing, a no-op layer).
-struct ThroughMicro(GreeterClient<ServiceChannel>);
+/// Calls `SayHello` through a channel of `T`, each call inside a `caller` span: the micro
+/// client (discovery, balancing, a no-op layer), a plain tonic channel, or one that carries the
+/// trace on.
+struct Through<T>(GreeterClient<T>);
 
-impl Caller for ThroughMicro {
+impl<T> Caller for Through<T>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<BoxError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<BoxError> + Send,
+{
     async fn call(&mut self) -> Result<(), String> {
         say_hello(&mut self.0)
             .instrument(tracing::info_span!("caller"))
             .await
     }
 }
-
-/// Calls through a plain tonic channel.
-struct ThroughTonic(GreeterClient<Channel>);
 
 /// A plain tonic channel that carries the caller's trace on, as a tonic user who traces would
 /// write it: `micro_core::trace::inject` in a `map_request` layer.
@@ -75,31 +81,12 @@ type TracedChannel = tower::util::MapRequest<
     ) -> tonic::codegen::http::Request<tonic::body::Body>,
 >;
 
-/// Calls through [`TracedChannel`].
-struct ThroughTracedTonic(GreeterClient<TracedChannel>);
-
-impl Caller for ThroughTracedTonic {
-    async fn call(&mut self) -> Result<(), String> {
-        say_hello(&mut self.0)
-            .instrument(tracing::info_span!("caller"))
-            .await
-    }
-}
-
 /// `request` with the current span's trace context in its headers.
 fn traced(
     mut request: tonic::codegen::http::Request<tonic::body::Body>,
 ) -> tonic::codegen::http::Request<tonic::body::Body> {
     micro_core::trace::inject(request.headers_mut());
     request
-}
-
-impl Caller for ThroughTonic {
-    async fn call(&mut self) -> Result<(), String> {
-        say_hello(&mut self.0)
-            .instrument(tracing::info_span!("caller"))
-            .await
-    }
 }
 
 #[tokio::main]
@@ -113,31 +100,24 @@ async fn main() -> Result<(), BoxError> {
         let result = match configuration.as_str() {
             "a" => {
                 let micro = Client::new(&options, registry).wrap(Identity::new());
-                repeat(
-                    ThroughMicro(GreeterClient::new(micro.channel("greeter"))),
-                    calls,
-                )
-                .await
+                repeat(Through(GreeterClient::new(micro.channel("greeter"))), calls).await
             }
             "a2" => {
                 let second = second_greeter(&options, &registry).await?;
                 let micro = Client::new(&options, registry).wrap(Identity::new());
-                let result = repeat(
-                    ThroughMicro(GreeterClient::new(micro.channel("greeter"))),
-                    calls,
-                )
-                .await;
+                let result =
+                    repeat(Through(GreeterClient::new(micro.channel("greeter"))), calls).await;
                 second.stop().await?;
                 result
             }
-            "b" => repeat(ThroughTonic(direct(address).await?), calls).await,
+            "b" => repeat(Through(direct(address).await?), calls).await,
             "t" => {
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
                     .tcp_nodelay(true)
                     .connect()
                     .await?;
                 let traced: TracedChannel = tower::util::MapRequest::new(channel, traced);
-                repeat(ThroughTracedTonic(GreeterClient::new(traced)), calls).await
+                repeat(Through(GreeterClient::new(traced)), calls).await
             }
             other => Err(format!("no configuration {other:?}")),
         };
@@ -271,7 +251,7 @@ async fn compare(
     for round in 1..=ROUNDS {
         let stats = measure(
             (0..common::CONCURRENCY)
-                .map(|_| ThroughMicro(micro.clone()))
+                .map(|_| Through(micro.clone()))
                 .collect(),
         )
         .await;
@@ -284,7 +264,7 @@ async fn compare(
         a.merge(&stats);
         let stats = measure(
             (0..common::CONCURRENCY)
-                .map(|_| ThroughTonic(tonic.clone()))
+                .map(|_| Through(tonic.clone()))
                 .collect(),
         )
         .await;
