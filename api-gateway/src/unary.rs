@@ -161,24 +161,13 @@ fn missing_message() -> Status {
 
 /// The status of an answer without `grpc-status`: gRPC's mapping of its HTTP status.
 fn missing_status(status: http::StatusCode) -> Status {
-    let code = match status {
-        http::StatusCode::BAD_REQUEST => Code::Internal,
-        http::StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-        http::StatusCode::FORBIDDEN => Code::PermissionDenied,
-        http::StatusCode::NOT_FOUND => Code::Unimplemented,
-        http::StatusCode::TOO_MANY_REQUESTS
-        | http::StatusCode::BAD_GATEWAY
-        | http::StatusCode::SERVICE_UNAVAILABLE
-        | http::StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
-        http::StatusCode::OK => {
-            return Status::unknown(
-                "protocol error: missing grpc-status trailer, stream was terminated without a final status (possible truncation by a proxy or load balancer)",
-            );
-        }
-        _ => Code::Unknown,
-    };
+    if status == http::StatusCode::OK {
+        return Status::unknown(
+            "protocol error: missing grpc-status trailer, stream was terminated without a final status (possible truncation by a proxy or load balancer)",
+        );
+    }
     Status::new(
-        code,
+        micro_core::grpc::http_code(status),
         format!(
             "grpc-status header missing, mapped from HTTP status code {}",
             status.as_u16()

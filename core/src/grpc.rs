@@ -69,6 +69,31 @@ pub fn grpc_path(service: &Service, endpoint: &str) -> Result<String> {
     }
 }
 
+/// The `grpc-status` in `headers` (response headers or trailers).
+pub(crate) fn status_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get(&GRPC_STATUS)?;
+    // Most calls end OK: one byte to compare rather than a parse.
+    if value.as_bytes() == b"0" {
+        return Some(tonic::Code::Ok);
+    }
+    let value = value.to_str().ok()?;
+    value.trim().parse::<i32>().ok().map(tonic::Code::from)
+}
+
+/// The gRPC code of an HTTP status without `grpc-status` (gRPC's HTTP to gRPC status mapping,
+/// as gRPC clients apply it).
+pub fn http_code(status: http::StatusCode) -> tonic::Code {
+    use tonic::Code;
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502..=504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
 /// The canonical upper-case name of a gRPC code (`INVALID_ARGUMENT`).
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -307,12 +307,7 @@ fn filtered(
 
 /// The code in the headers of a trailers-only answer; `OK` when the status is yet to come.
 fn answered(response: &http::Response<Body>) -> Code {
-    response
-        .headers()
-        .get(&crate::grpc::GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(Code::Ok, Code::from_i32)
+    crate::grpc::status_code(response.headers()).unwrap_or(Code::Ok)
 }
 
 /// How one attempt failed.

@@ -351,7 +351,7 @@ pub(crate) fn observe(
     response: http::Response<Body>,
     mut recording: Recording,
 ) -> http::Response<Body> {
-    let status = status_code(response.headers());
+    let status = crate::grpc::status_code(response.headers());
     // Tonic's router and generated services answer a method they do not have with a bare
     // trailers-only UNIMPLEMENTED (no message); a handler's own UNIMPLEMENTED carries its message.
     let unknown = status == Some(Code::Unimplemented)
@@ -371,7 +371,7 @@ pub(crate) fn observe(
     }
     if response.status() != http::StatusCode::OK {
         // Not gRPC's answer (a proxy's): the code gRPC clients derive from the HTTP status.
-        recording.finish(http_code(response.status()));
+        recording.finish(crate::grpc::http_code(response.status()));
         return response;
     }
     if response.body().is_end_stream() {
@@ -387,29 +387,6 @@ pub(crate) fn observe(
             recording,
         }),
     )
-}
-
-/// The `grpc-status` in `headers` (response headers or trailers).
-fn status_code(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get(&crate::grpc::GRPC_STATUS)?;
-    // Most calls end OK: one byte to compare rather than a parse.
-    if value.as_bytes() == b"0" {
-        return Some(Code::Ok);
-    }
-    let value = value.to_str().ok()?;
-    value.trim().parse::<i32>().ok().map(Code::from)
-}
-
-/// The gRPC code of an HTTP status without `grpc-status` (gRPC's HTTP to gRPC status mapping).
-fn http_code(status: http::StatusCode) -> Code {
-    match status.as_u16() {
-        400 => Code::Internal,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::Unimplemented,
-        429 | 502..=504 => Code::Unavailable,
-        _ => Code::Unknown,
-    }
 }
 
 /// A response body that records its call when the trailers (or an error) pass through it.
@@ -432,7 +409,7 @@ impl http_body::Body for Observed {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     this.recording
-                        .finish(status_code(trailers).unwrap_or(Code::Unknown));
+                        .finish(crate::grpc::status_code(trailers).unwrap_or(Code::Unknown));
                 }
             }
             Poll::Ready(Some(Err(status))) => this.recording.finish(status.code()),
@@ -464,13 +441,13 @@ mod tests {
                 &crate::grpc::GRPC_STATUS,
                 http::HeaderValue::from_static(value),
             );
-            status_code(&headers)
+            crate::grpc::status_code(&headers)
         };
         assert_eq!(status("0"), Some(Code::Ok));
         assert_eq!(status(" 0 "), Some(Code::Ok));
         assert_eq!(status("14"), Some(Code::Unavailable));
         assert_eq!(status("00"), Some(Code::Ok));
         assert_eq!(status("x"), None);
-        assert_eq!(status_code(&http::HeaderMap::new()), None);
+        assert_eq!(crate::grpc::status_code(&http::HeaderMap::new()), None);
     }
 }
