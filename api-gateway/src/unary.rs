@@ -49,7 +49,7 @@ where
     let mut request = http::Request::new(Body::new(Full::new(Bytes::from(framed))));
     *request.method_mut() = Method::POST;
     *request.version_mut() = Version::HTTP_2;
-    // The path alone: the channel adds the node's scheme and authority (tonic's `AddOrigin`).
+    // The path alone: the client's link to the node adds its scheme and authority.
     *request.uri_mut() = Uri::from(path);
     *request.headers_mut() = headers;
     let response = channel.ready().await?.call(request).await?;

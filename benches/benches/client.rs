@@ -22,7 +22,9 @@
 //!
 //! Under callgrind only, **(t)**: the plain channel of (b) carrying the caller's trace on
 //! (`micro_core::trace::inject` in a `map_request` layer), to tell the client's own cost apart
-//! from the cost of the `traceparent` header itself, which (b) does not pay.
+//! from the cost of the `traceparent` header itself, which (b) does not pay; and **(h)**:
+//! hyper's HTTP/2 connection called from the caller's task, carrying the trace on — the
+//! transport the micro client's links use, without the client around it.
 //!
 //! A **two-node** pair (a2, b) then calls through the micro client balancing over two greeter
 //! nodes (a second greeter registered under the same name) against the plain channel to one
@@ -89,6 +91,36 @@ fn traced(
     request
 }
 
+/// hyper's HTTP/2 connection called straight from the caller's task, carrying the trace on:
+/// the transport the micro client's links use, with none of the client's machinery. (h) is
+/// the floor (a) stands on.
+#[derive(Clone)]
+struct Hyper(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Hyper {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(
+        &mut self,
+        mut request: tonic::codegen::http::Request<tonic::body::Body>,
+    ) -> Self::Future {
+        micro_core::trace::inject(request.headers_mut());
+        let response = self.0.send_request(request);
+        Box::pin(async move { Ok(response.await?.map(tonic::body::Body::new)) })
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     // As a binary would: logs (warnings only here) and trace context, nothing exported.
@@ -118,6 +150,22 @@ async fn main() -> Result<(), BoxError> {
                     .await?;
                 let traced: TracedChannel = tower::util::MapRequest::new(channel, traced);
                 repeat(Through(GreeterClient::new(traced)), calls).await
+            }
+            "h" => {
+                let tcp = tokio::net::TcpStream::connect(address).await?;
+                tcp.set_nodelay(true)?;
+                let (sender, connection) =
+                    hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .handshake(hyper_util::rt::TokioIo::new(tcp))
+                        .await?;
+                tokio::spawn(connection);
+                let origin = format!("http://{address}").parse()?;
+                repeat(
+                    Through(GreeterClient::with_origin(Hyper(sender), origin)),
+                    calls,
+                )
+                .await
             }
             other => Err(format!("no configuration {other:?}")),
         };
@@ -170,14 +218,12 @@ async fn main() -> Result<(), BoxError> {
     serving.abort();
     server.stop().await?;
     println!();
+    let micro = callgrind::per_call_in_child("a");
     let plain = callgrind::per_call_in_child("b");
     callgrind::print(
         "call",
         &[
-            (
-                "(a) micro Client (defaults) + no-op layer",
-                callgrind::per_call_in_child("a"),
-            ),
+            ("(a) micro Client (defaults) + no-op layer", micro.clone()),
             ("(b) plain tonic Channel", plain.clone()),
         ],
         ("b/a", |counts| counts[1] / counts[0]),
@@ -186,17 +232,20 @@ async fn main() -> Result<(), BoxError> {
     );
     // What the client's own machinery costs, apart from carrying the trace on (which the plain
     // channel of (b) does not: ~8 000 instructions a call between the two ends, most of it
-    // HTTP/2's Huffman coding of the header and the server continuing the trace).
+    // HTTP/2's Huffman coding of the header and the server continuing the trace). (h) is the
+    // transport the client's links use with none of the client around it: resolution,
+    // balancing, the deadline, breaker, budget and metrics are what (a) adds to it.
     callgrind::print(
         "call",
         &[
-            (
-                "(a) micro Client (defaults) + no-op layer",
-                callgrind::per_call_in_child("a"),
-            ),
+            ("(a) micro Client (defaults) + no-op layer", micro),
             (
                 "(t) plain tonic Channel carrying traceparent",
                 callgrind::per_call_in_child("t"),
+            ),
+            (
+                "(h) hyper HTTP/2 connection carrying traceparent",
+                callgrind::per_call_in_child("h"),
             ),
         ],
         ("t/a", |counts| counts[1] / counts[0]),

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::cache::{Cache, Target};
+use super::link::Link;
 
 /// How the client ejects failing nodes (`Client::breaker`).
 ///
@@ -193,7 +193,7 @@ impl Breaker {
             service.to_string(),
             node.clone(),
             address.clone(),
-            target.channel.clone(),
+            target.link.clone(),
             backoff,
         ));
     }
@@ -222,7 +222,7 @@ async fn probe(
     service: String,
     node: String,
     address: String,
-    channel: Channel,
+    link: Link,
     mut backoff: Duration,
 ) {
     let span = tracing::debug_span!("probe", %service, %node, %address);
@@ -246,7 +246,7 @@ async fn probe(
                 let timeout = breaker.config.probe_timeout;
                 let answer = tokio::time::timeout(
                     timeout,
-                    HealthClient::new(channel.clone()).check(HealthCheckRequest {
+                    HealthClient::new(link.clone()).check(HealthCheckRequest {
                         service: String::new(),
                     }),
                 )
@@ -303,16 +303,14 @@ mod tests {
 
     fn target(id: &str) -> Target {
         let address = format!("127.0.0.1:{}", 1 + id.len());
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .expect("endpoint")
-            .connect_lazy();
+        let link = Link::plain(&address).expect("an address");
         Target::new(
             Node {
                 id: id.to_string(),
                 address,
                 metadata: Default::default(),
             },
-            channel,
+            link,
         )
     }
 

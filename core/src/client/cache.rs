@@ -1,4 +1,4 @@
-//! Resolved nodes per service, each with its channel, kept fresh by a registry watch.
+//! Resolved nodes per service, each with its connection, kept fresh by a registry watch.
 //!
 //! The registry is read once per service; after that each watch event is applied to the
 //! service's full node set, kept by the task that watches it, so that a change costs no registry
@@ -8,11 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use tonic::transport::{Channel, Endpoint};
 
+use super::link::Link;
 use crate::metrics::NodeCalls;
 use crate::registry::{Event, EventKind, Node, Registry, Service};
 use crate::tls::{ClientTls, SECURE_METADATA};
@@ -25,34 +24,34 @@ pub(super) const VERSION_METADATA: &str = "version";
 /// applied to, and what the nodes calls go to are derived from.
 type Nodes = BTreeMap<String, Node>;
 
-/// A node and the channel to it (connecting lazily, reconnecting by itself).
+/// A node and the connection to it (made on the first call, remade when it closes).
 #[derive(Clone)]
 pub(super) struct Target {
     pub(super) node: Node,
-    pub(super) channel: Channel,
-    /// The metric series of the calls to the node, by endpoint: kept with the channel, so the
+    pub(super) link: Link,
+    /// The metric series of the calls to the node, by endpoint: kept with the connection, so the
     /// calls of a method seen before update them without a lookup.
     pub(super) metrics: Arc<NodeCalls>,
 }
 
 impl Target {
-    pub(super) fn new(node: Node, channel: Channel) -> Self {
+    pub(super) fn new(node: Node, link: Link) -> Self {
         Target {
             metrics: Arc::new(NodeCalls::new(node.id.as_str().into())),
             node,
-            channel,
+            link,
         }
     }
 
-    /// `node` at this target's address: the same channel, and the same series while its id
+    /// `node` at this target's address: the same connection, and the same series while its id
     /// (their `node` label) is the same.
     fn renewed(&self, node: Node) -> Self {
         if node.id != self.node.id {
-            return Target::new(node, self.channel.clone());
+            return Target::new(node, self.link.clone());
         }
         Target {
             node,
-            channel: self.channel.clone(),
+            link: self.link.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -110,7 +109,7 @@ impl Cache {
             .cloned()
     }
 
-    /// The nodes of `service` that calls may go to, out of `nodes`, with their channels: those
+    /// The nodes of `service` that calls may go to, out of `nodes`, with their connections: those
     /// of `previous` (kept by address, as a node's connection is, with its metric series) or new
     /// ones. Built outside the lock, so calls are not held up while a large service is rebuilt.
     fn build(&self, service: &str, nodes: &Nodes, previous: Option<&Resolved>) -> Arc<Resolved> {
@@ -128,7 +127,7 @@ impl Cache {
                     return Some(kept.renewed(node.clone()));
                 }
                 match self.dial(service, node) {
-                    Ok(channel) => Some(Target::new(node.clone(), channel)),
+                    Ok(link) => Some(Target::new(node.clone(), link)),
                     Err(e) => {
                         tracing::warn!(%service, node = %node.id, address = %node.address, error = %e, "node address unusable; skipped");
                         None
@@ -139,22 +138,19 @@ impl Cache {
         Arc::new(Resolved::new(targets))
     }
 
-    /// A lazy channel to `node`: TLS when it is registered as secure, plaintext otherwise.
-    fn dial(&self, service: &str, node: &Node) -> Result<Channel> {
-        if node
+    /// A lazy connection to `node`: TLS when it is registered as secure, plaintext otherwise.
+    fn dial(&self, service: &str, node: &Node) -> Result<Link> {
+        let secure = node
             .metadata
             .get(SECURE_METADATA)
-            .is_some_and(|v| v == "true")
-        {
+            .is_some_and(|v| v == "true");
+        let link = if secure {
             let what = format!("node {} ({}) of `{service}`", node.id, node.address);
-            return self.tls.channel(&node.address, &what);
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{}", node.address))
-            .map_err(|e| Error::Option(format!("`{}` is not an address: {e}", node.address)))?;
-        Ok(endpoint
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy())
+            Link::tls(&node.address, self.tls.clone(), &what)
+        } else {
+            Link::plain(&node.address)
+        };
+        link.map_err(|e| Error::Option(format!("`{}` is not an address: {e}", node.address)))
     }
 
     fn put(&self, service: &str, resolved: Arc<Resolved>) {
@@ -325,6 +321,7 @@ async fn keep_fresh(
 mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     use async_trait::async_trait;
     use tokio::sync::mpsc;

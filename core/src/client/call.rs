@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use super::Selector;
 use super::body::SharedBody;
@@ -315,7 +315,7 @@ enum Failed {
     /// The deadline passed: the call's error, as it is.
     Deadline(BoxError),
     /// No answer from the node (a connection failure, a reset).
-    Transport(tonic::transport::Error),
+    Transport(BoxError),
 }
 
 /// Sends `request` to `target`, recording the attempt, and telling the breaker how the node
@@ -336,21 +336,17 @@ async fn send(
                 .failed(service, target, "no response before the call's deadline");
         }
     };
-    match tokio::time::timeout_at(call.deadline, target.channel.clone().oneshot(request)).await {
+    match tokio::time::timeout_at(call.deadline, target.link.send(request)).await {
         Err(_) => {
             unresponsive(record);
             Err(Failed::Deadline(call.deadline_exceeded()))
         }
         Ok(Err(error)) => {
-            if let Some(late) = deadline_passed(&error, service) {
-                unresponsive(record);
-                return Err(Failed::Deadline(late));
-            }
             record.failed(Code::Unavailable);
             inner.breaker.failed(
                 service,
                 target,
-                &format!("connection failed: {}", with_causes(&error)),
+                &format!("connection failed: {}", with_causes(&*error)),
             );
             Err(Failed::Transport(error))
         }
@@ -425,13 +421,13 @@ async fn attempts(
             Ok(response) => return Ok(response),
             Err(Failed::Deadline(error)) => return Err(error),
             Err(Failed::Transport(error)) if !body.taken() => {
-                tracing::warn!(%service, %node, %address, attempt, error = %with_causes(&error), "node unreachable; trying another");
-                last = Some(Err(with_causes(&error).into()));
+                tracing::warn!(%service, %node, %address, attempt, error = %with_causes(&*error), "node unreachable; trying another");
+                last = Some(Err(with_causes(&*error).into()));
             }
             Err(Failed::Transport(error)) => {
                 // Part of the request was sent: it may have reached the handler, so it is not
                 // retried; the breaker has ejected the node for the next calls.
-                return Err(tonic::Status::unavailable(format!("node {address} of `{service}` failed during the call (not retried: the request may have reached its handler): {}", with_causes(&error))).into());
+                return Err(tonic::Status::unavailable(format!("node {address} of `{service}` failed during the call (not retried: the request may have reached its handler): {}", with_causes(&*error))).into());
             }
         }
     }
@@ -458,7 +454,7 @@ fn node_failed(failed: Failed, service: &str, target: &Target) -> BoxError {
         Failed::Transport(error) => tonic::Status::unavailable(format!(
             "node {} of `{service}` failed: {}",
             target.node.address,
-            with_causes(&error)
+            with_causes(&*error)
         ))
         .into(),
     }
@@ -495,25 +491,6 @@ async fn pinned(
     send(call, target, request)
         .await
         .map_err(|failed| node_failed(failed, service, target))
-}
-
-/// `DEADLINE_EXCEEDED` when `error` is the call's deadline expiring in the channel (tonic
-/// enforces `grpc-timeout` there): never retried, and the caller learns it was the deadline
-/// rather than an unreachable node.
-fn deadline_passed(error: &tonic::transport::Error, service: &str) -> Option<BoxError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<tonic::TimeoutExpired>() {
-            return Some(
-                tonic::Status::deadline_exceeded(format!(
-                    "call to `{service}` passed its deadline"
-                ))
-                .into(),
-            );
-        }
-        source = cause.source();
-    }
-    None
 }
 
 fn no_node(inner: &Inner, service: &str) -> BoxError {

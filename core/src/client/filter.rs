@@ -219,8 +219,8 @@ impl Eq for Filter {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::link::Link;
     use crate::registry::Node;
-    use tonic::transport::Endpoint;
 
     fn target(id: &str, version: &str, zone: &str) -> Target {
         Target::new(
@@ -233,7 +233,7 @@ mod tests {
                 ]
                 .into(),
             },
-            Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+            Link::plain("127.0.0.1:1").expect("an address"),
         )
     }
 

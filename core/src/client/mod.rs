@@ -28,6 +28,7 @@ mod cache;
 mod call;
 mod fallback;
 mod filter;
+mod link;
 
 pub use breaker::BreakerConfig;
 pub use budget::RetryBudget;
