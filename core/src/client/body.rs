@@ -17,9 +17,12 @@ const REPLAY_LIMIT: usize = 64 * 1024;
 /// Shares one body between attempts. Each attempt gets a [`SharedBody::reader`], which first
 /// yields the frames earlier attempts took, then takes the rest from the body.
 #[derive(Clone)]
-pub(super) struct SharedBody {
-    state: Arc<Mutex<State>>,
-    taken: Arc<AtomicBool>,
+pub(super) struct SharedBody(Arc<Shared>);
+
+/// What the attempts share, in one allocation.
+struct Shared {
+    state: Mutex<State>,
+    taken: AtomicBool,
 }
 
 struct State {
@@ -35,15 +38,15 @@ struct State {
 
 impl SharedBody {
     pub(super) fn new(body: Body) -> Self {
-        SharedBody {
-            state: Arc::new(Mutex::new(State {
+        SharedBody(Arc::new(Shared {
+            state: Mutex::new(State {
                 body,
                 frames: Vec::new(),
                 size: 0,
                 replayable: true,
-            })),
-            taken: Arc::new(AtomicBool::new(false)),
-        }
+            }),
+            taken: AtomicBool::new(false),
+        }))
     }
 
     pub(super) fn reader(&self) -> Body {
@@ -55,12 +58,12 @@ impl SharedBody {
 
     /// Whether any attempt took part of the body.
     pub(super) fn taken(&self) -> bool {
-        self.taken.load(Ordering::Acquire)
+        self.0.taken.load(Ordering::Acquire)
     }
 
     /// Whether a new reader would send the whole request again.
     pub(super) fn replayable(&self) -> bool {
-        self.state.lock().map(|s| s.replayable).unwrap_or(false)
+        self.0.state.lock().map(|s| s.replayable).unwrap_or(false)
     }
 }
 
@@ -75,19 +78,19 @@ impl HttpBody for Reader {
     type Error = tonic::Status;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let shared = self.shared.clone();
-        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if self.next < state.frames.len() {
-            let frame = state.frames[self.next].clone();
-            self.next += 1;
+        let Reader { shared, next } = self.get_mut();
+        let mut state = shared.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *next < state.frames.len() {
+            let frame = state.frames[*next].clone();
+            *next += 1;
             return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         let polled = Pin::new(&mut state.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
-            self.shared.taken.store(true, Ordering::Release);
+            shared.0.taken.store(true, Ordering::Release);
             match frame.data_ref() {
                 Some(data) if state.replayable && state.size + data.len() <= REPLAY_LIMIT => {
                     state.size += data.len();
@@ -99,13 +102,14 @@ impl HttpBody for Reader {
                 }
             }
             // This reader has seen every frame up to here, the one just taken included.
-            self.next = state.frames.len();
+            *next = state.frames.len();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
         self.shared
+            .0
             .state
             .lock()
             .map(|s| self.next >= s.frames.len() && s.body.is_end_stream())
@@ -114,6 +118,7 @@ impl HttpBody for Reader {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.shared
+            .0
             .state
             .lock()
             .map(|s| {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
@@ -92,7 +93,7 @@ impl Inner {
     /// tried and not ejected. When every node is ejected, a first attempt goes to the one whose
     /// last failure is the oldest (the service is never left without a node to try), and a
     /// retry goes nowhere: ejected nodes take no retries.
-    fn pick<'a>(&self, resolved: &'a Resolved, tried: &[String]) -> Option<&'a Target> {
+    fn pick<'a>(&self, resolved: &'a Resolved, tried: &[&str]) -> Option<&'a Target> {
         let targets = &resolved.targets;
         if targets.is_empty() {
             return None;
@@ -103,7 +104,9 @@ impl Inner {
         let ejected = self.breaker.ejected();
         let healthy: Vec<&Target> = targets
             .iter()
-            .filter(|t| !tried.contains(&t.node.address) && !ejected.contains_key(&t.node.address))
+            .filter(|t| {
+                !tried.contains(&t.node.address.as_str()) && !ejected.contains_key(&t.node.address)
+            })
             .collect();
         if !healthy.is_empty() {
             return Some(healthy[self.index(resolved, healthy.len())]);
@@ -389,7 +392,8 @@ async fn attempts(
     }
     let (parts, body) = request.into_parts();
     let body = SharedBody::new(body);
-    let mut tried: Vec<String> = Vec::new();
+    // The nodes tried, inline: the default two retries make three attempts at most.
+    let mut tried: SmallVec<[&str; 4]> = SmallVec::new();
     // What the call ends with if no further attempt is made.
     let mut last: Option<Result<http::Response<Body>, BoxError>> = None;
     let mut budget_spent = false;
@@ -405,14 +409,15 @@ async fn attempts(
             }
             crate::metrics::retried(service);
         }
+        // Each attempt's own head; the extensions stay behind: nothing below the balancer reads
+        // them (hyper takes only the head and body), and copying them cost two allocations.
         let mut request = http::Request::new(body.reader());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.version_mut() = parts.version;
         *request.headers_mut() = parts.headers.clone();
-        *request.extensions_mut() = parts.extensions.clone();
         let (node, address) = (&target.node.id, &target.node.address);
-        tried.push(address.clone());
+        tried.push(address);
         match send(call, target, request).await {
             Ok(response) if answered(&response) == Code::Unavailable && body.replayable() => {
                 tracing::debug!(%service, %node, %address, attempt, "node answered UNAVAILABLE; trying another");
