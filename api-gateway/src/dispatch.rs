@@ -47,6 +47,8 @@ pub(crate) async fn dispatch(
     // Known before the span is made: a field given at its start costs less than one recorded.
     call::give_request_id(request.headers_mut());
     let request_id = call::request_id(request.headers());
+    // The client's `traceparent` (W3C) continued, or a new trace; the call's span goes on in it.
+    let trace = micro_core::trace::TraceStart::from_headers(request.headers());
     let span = tracing::info_span!(
         "http",
         method = request.method().as_str(),
@@ -54,11 +56,10 @@ pub(crate) async fn dispatch(
         service = tracing::field::Empty,
         endpoint = tracing::field::Empty,
         request_id,
-        trace_id = tracing::field::Empty,
+        trace_id = trace.trace_id(),
         otel.kind = "server"
     );
-    // The client's `traceparent` (W3C) continued, or a new trace; the call's span goes on in it.
-    micro_core::trace::continue_trace(&span, request.headers());
+    trace.start(&span);
     let answer = async {
         if let Err(refused) = admit(&state, peer, &request) {
             return (Labels::default(), Err(refused));

@@ -5,7 +5,7 @@
 //! client call carries the current span's context ([`inject`]), so a handler calling another
 //! service continues the same trace; a published message carries it in its headers
 //! ([`inject_message`]) and its delivery continues it ([`message_span`]). The gateway continues
-//! an HTTP client's trace the same way ([`continue_trace`]).
+//! an HTTP client's trace the same way ([`TraceStart`]).
 //!
 //! The span ids come from the layer [`crate::logging`] installs: OpenTelemetry's when spans are
 //! exported, else micro's [`PropagationLayer`], which keeps only the ids. A library user with a
@@ -44,41 +44,115 @@ pub fn handler_span(request: &http::Request<Body>, service: &str, node: &str) ->
         .get(&crate::grpc::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    let trace = TraceStart::from_headers(request.headers());
     let span = tracing::info_span!(
         "handle",
         service = %service,
         node = %node,
         endpoint = %request.uri().path(),
         request_id = %request_id,
-        trace_id = tracing::field::Empty,
+        trace_id = trace.trace_id(),
         otel.kind = "server",
     );
-    continue_trace(&span, request.headers());
+    trace.start(&span);
     span
 }
 
-/// Makes `span` (not yet entered) the child of the trace context in `headers` when they carry a
-/// valid `traceparent`; a missing or malformed one leaves `span` the root of a new trace. Then
-/// records the trace id in the span's `trace_id` field, if it has one, for the logs.
-pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-    continue_from(span, &HeaderExtractor(headers));
+/// The trace a request's span goes in: the caller's, when the request carries a valid
+/// `traceparent` (and its `tracestate`), or a new one. Found before the span is made, so that
+/// the span can be given its `trace_id` field at creation: a field recorded afterwards costs
+/// the log layer a second pass over the span.
+///
+/// ```
+/// # let headers = http::HeaderMap::new();
+/// let trace = micro_core::trace::TraceStart::from_headers(&headers);
+/// let span = tracing::info_span!("http", trace_id = trace.trace_id());
+/// trace.start(&span);
+/// ```
+#[derive(Debug)]
+pub struct TraceStart {
+    /// The caller's span, when the request continues a trace.
+    parent: Option<SpanContext>,
+    /// A new trace's id, chosen here when micro's own [`PropagationLayer`] keeps trace context
+    /// (OpenTelemetry's layer picks a new trace's id itself; it is recorded once the span
+    /// exists then).
+    new: Option<TraceId>,
+    /// The trace id as 32 hex digits, when it is known before the span is made.
+    digits: Option<[u8; 32]>,
 }
 
-/// Parents `span` on the context `carrier` holds, if valid, and records its trace id.
-fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) {
-    if span.is_disabled() {
-        return;
+impl TraceStart {
+    /// The trace that a request with `headers` goes in.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        Self::from_carrier(&HeaderExtractor(headers))
     }
-    if let Some(traceparent) = carrier.get(TRACEPARENT).map(str::trim)
-        && let Some(parent) = remote_parent(traceparent, carrier)
-        // Fails only when no layer keeps trace context: nothing to continue then.
-        && set_parent(span, parent)
-    {
-        // The trace id is the header's (digits 3..35): no need to ask the span for it.
-        span.record("trace_id", &traceparent[3..35]);
-        return;
+
+    fn from_carrier(carrier: &dyn Extractor) -> Self {
+        let parent = carrier
+            .get(TRACEPARENT)
+            .map(str::trim)
+            .and_then(|traceparent| remote_parent(traceparent, carrier));
+        let own = tracing::dispatcher::get_default(|dispatch| {
+            dispatch.downcast_ref::<PropagationLayer>().is_some()
+        });
+        let new = (own && parent.is_none()).then(|| TraceId::from(fastrand::u128(1..)));
+        let id = match &parent {
+            Some(parent) if own => Some(parent.trace_id()),
+            _ => new,
+        };
+        let digits = id.map(|id| {
+            let mut digits = [0u8; 32];
+            write_hex(&id.to_bytes(), &mut digits);
+            digits
+        });
+        TraceStart {
+            parent,
+            new,
+            digits,
+        }
     }
-    record_trace_id(span);
+
+    /// The value to give the span's `trace_id` field when it is made (`None` when the span's
+    /// trace is not known until then).
+    pub fn trace_id(&self) -> Option<&str> {
+        // Hex digits only: always valid UTF-8.
+        self.digits
+            .as_ref()
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+    }
+
+    /// Puts `span` — made with [`trace_id`](Self::trace_id) as its `trace_id` field, and not yet
+    /// entered — in this trace.
+    pub fn start(&self, span: &tracing::Span) {
+        if span.is_disabled() {
+            return;
+        }
+        match (&self.parent, self.new) {
+            (Some(parent), _) => {
+                if set_parent(span, parent.clone()) && self.digits.is_none() {
+                    // The parent's trace id: no need to ask the span for it.
+                    let mut digits = [0u8; 32];
+                    write_hex(&parent.trace_id().to_bytes(), &mut digits);
+                    if let Ok(id) = std::str::from_utf8(&digits) {
+                        span.record("trace_id", id);
+                    }
+                }
+            }
+            // A new trace, whose id the span was given: micro's layer takes it in place of its
+            // own pick (the span keeps its span id).
+            (None, Some(new)) => {
+                let trace = SpanContext::new(
+                    new,
+                    SpanId::INVALID,
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::NONE,
+                );
+                span.with_subscriber(|(id, dispatch)| layer::set_parent(dispatch, id, &trace));
+            }
+            (None, None) => record_trace_id(span),
+        }
+    }
 }
 
 /// The caller's span that `traceparent` (and the carrier's `tracestate`) names, when the header
@@ -161,13 +235,14 @@ fn write_hex(bytes: &[u8], out: &mut [u8]) {
 /// The span a subscriber handles `message` in, continuing the publisher's trace when the
 /// message carries one.
 pub fn message_span(topic: &str, message: &Message) -> tracing::Span {
+    let trace = TraceStart::from_carrier(&MapExtractor(&message.header));
     let span = tracing::info_span!(
         "deliver",
         %topic,
-        trace_id = tracing::field::Empty,
+        trace_id = trace.trace_id(),
         otel.kind = "consumer",
     );
-    continue_from(&span, &MapExtractor(&message.header));
+    trace.start(&span);
     span
 }
 
