@@ -48,6 +48,8 @@ pub(crate) struct Link(Arc<Shared>);
 struct Shared {
     /// `host:port`, as registered.
     address: Arc<str>,
+    /// `https` over TLS, else `http` (`:scheme`).
+    scheme: Scheme,
     /// The request URI's authority (`:authority`), made once from `address`.
     authority: Authority,
     /// TLS for a node registered as secure: the client's settings and the node's name in errors.
@@ -91,6 +93,11 @@ impl Link {
     ) -> Result<Self, http::uri::InvalidUri> {
         Ok(Link(Arc::new(Shared {
             address: address.into(),
+            scheme: if tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
             authority: address.parse()?,
             tls,
             live: RwLock::new(None),
@@ -121,11 +128,7 @@ impl Link {
     /// Gives `request`'s URI this node's scheme and authority.
     fn address(&self, request: &mut http::Request<Body>) -> Result<(), BoxError> {
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(if self.0.tls.is_some() {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        });
+        parts.scheme = Some(self.0.scheme.clone());
         parts.authority = Some(self.0.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

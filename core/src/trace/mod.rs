@@ -77,7 +77,8 @@ pub struct TraceStart {
     /// (OpenTelemetry's layer picks a new trace's id itself; it is recorded once the span
     /// exists then).
     new: Option<TraceId>,
-    /// The trace id as 32 hex digits, when it is known before the span is made.
+    /// The trace id as 32 hex digits, when it is known before the span is made: the caller's,
+    /// or the new one.
     digits: Option<[u8; 32]>,
 }
 
@@ -96,15 +97,11 @@ impl TraceStart {
             dispatch.downcast_ref::<PropagationLayer>().is_some()
         });
         let new = (own && parent.is_none()).then(|| TraceId::from(fastrand::u128(1..)));
-        let id = match &parent {
-            Some(parent) if own => Some(parent.trace_id()),
-            _ => new,
-        };
-        let digits = id.map(|id| {
-            let mut digits = [0u8; 32];
-            write_hex(&id.to_bytes(), &mut digits);
-            digits
-        });
+        let digits = parent
+            .as_ref()
+            .map(SpanContext::trace_id)
+            .or(new)
+            .map(trace_digits);
         TraceStart {
             parent,
             new,
@@ -115,10 +112,7 @@ impl TraceStart {
     /// The value to give the span's `trace_id` field when it is made (`None` when the span's
     /// trace is not known until then).
     pub fn trace_id(&self) -> Option<&str> {
-        // Hex digits only: always valid UTF-8.
-        self.digits
-            .as_ref()
-            .and_then(|digits| std::str::from_utf8(digits).ok())
+        self.digits.as_ref().map(digits_str)
     }
 
     /// Puts `span` — made with [`trace_id`](Self::trace_id) as its `trace_id` field, and not yet
@@ -128,15 +122,9 @@ impl TraceStart {
             return;
         }
         match (&self.parent, self.new) {
+            // Fails only when no layer keeps trace context: nothing to continue then.
             (Some(parent), _) => {
-                if set_parent(span, parent.clone()) && self.digits.is_none() {
-                    // The parent's trace id: no need to ask the span for it.
-                    let mut digits = [0u8; 32];
-                    write_hex(&parent.trace_id().to_bytes(), &mut digits);
-                    if let Ok(id) = std::str::from_utf8(&digits) {
-                        span.record("trace_id", id);
-                    }
-                }
+                set_parent(span, parent.clone());
             }
             // A new trace, whose id the span was given: micro's layer takes it in place of its
             // own pick (the span keeps its span id).
@@ -150,9 +138,22 @@ impl TraceStart {
                 );
                 span.with_subscriber(|(id, dispatch)| layer::set_parent(dispatch, id, &trace));
             }
+            // A new trace under OpenTelemetry's layer, which chose its id with the span.
             (None, None) => record_trace_id(span),
         }
     }
+}
+
+/// `id` as the 32 lowercase hex digits of logs and `traceparent`.
+fn trace_digits(id: TraceId) -> [u8; 32] {
+    let mut digits = [0u8; 32];
+    write_hex(&id.to_bytes(), &mut digits);
+    digits
+}
+
+/// The digits [`trace_digits`] wrote, as text (hex digits are always valid UTF-8).
+fn digits_str(digits: &[u8; 32]) -> &str {
+    std::str::from_utf8(digits).unwrap_or_default()
 }
 
 /// The caller's span that `traceparent` (and the carrier's `tracestate`) names, when the header
@@ -330,11 +331,7 @@ fn hex(digits: &[u8]) -> Option<u128> {
 fn record_trace_id(span: &tracing::Span) {
     // On every call that starts a trace: written by hand, not through `fmt` (as in `trace_id`).
     if let Some(context) = span_context(span) {
-        let mut digits = [0u8; 32];
-        write_hex(&context.trace_id().to_bytes(), &mut digits);
-        if let Ok(id) = std::str::from_utf8(&digits) {
-            span.record("trace_id", id);
-        }
+        span.record("trace_id", digits_str(&trace_digits(context.trace_id())));
     }
 }
 
